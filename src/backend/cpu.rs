@@ -1,0 +1,772 @@
+//! The CPU backend: blocks of rows in parallel on rayon, each evaluated column-wise with
+//! loops the compiler vectorizes; the whole block body is compiled three times (AVX-512,
+//! AVX2+FMA, baseline x86-64) and picked at run time from the CPU's features.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::{Backend, BlockPartial, TileOut, TileResult};
+use crate::accum::{Accumulator, BlockStats, HistAcc, Outside, bin_of, bin_scale};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::exec::BLOCK_ROWS;
+use crate::ops::{Op, VType, cpu as k};
+use crate::program::{FusedProgram, HistSpec, Instr, OutSpec, Scale, Source, Value};
+use crate::source::Dataset;
+
+const BLOCK: usize = BLOCK_ROWS as usize;
+
+/// Which vector code the CPU runs.
+pub(crate) fn simd_level() -> &'static str {
+    match level() {
+        Level::Avx512 => "avx512",
+        Level::Avx2 => "avx2+fma",
+        Level::Base => "sse2",
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Avx512,
+    Avx2,
+    Base,
+}
+
+fn level() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::env::var_os("TILESTREAM_NO_SIMD").is_some() {
+            return Level::Base;
+        }
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512dq") {
+            return Level::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+            return Level::Avx2;
+        }
+    }
+    Level::Base
+}
+
+/// The CPU device, with its own thread pool when a thread count was asked for.
+pub(crate) struct Cpu {
+    pool: Option<rayon::ThreadPool>,
+    level: Level,
+}
+
+impl Cpu {
+    /// A CPU backend on `threads` threads (all cores when `None`).
+    pub(crate) fn new(threads: Option<usize>) -> Result<Cpu> {
+        let pool = match threads {
+            None => None,
+            Some(n) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n.max(1))
+                    .build()
+                    .map_err(|e| Error::plan(format!("cannot start {n} threads: {e}")))?,
+            ),
+        };
+        Ok(Cpu { pool, level: level() })
+    }
+}
+
+/// A program checked against the dataset.
+pub(crate) struct Prepared {
+    prog: FusedProgram,
+    dtypes: Vec<DType>,
+}
+
+impl Backend for Cpu {
+    type Prepared = Prepared;
+
+    fn prepare(&self, prog: &FusedProgram, ds: &Dataset) -> Result<Prepared> {
+        let dtypes = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
+        Ok(Prepared { prog: prog.clone(), dtypes })
+    }
+
+    fn run_tile(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult> {
+        let nblocks = (tile.end - tile.start).div_ceil(BLOCK_ROWS) as usize;
+        let mut per_block: Vec<Vec<&mut [u8]>> = (0..nblocks).map(|_| Vec::new()).collect();
+        if let Some(out) = out {
+            for (col, spec) in out.columns.iter_mut().zip(&prep.prog.outputs) {
+                for (b, chunk) in col.chunks_mut(BLOCK * spec.dtype.size()).enumerate().take(nblocks) {
+                    per_block[b].push(chunk);
+                }
+            }
+        }
+        let level = self.level;
+        let work = || {
+            per_block
+                .into_par_iter()
+                .enumerate()
+                .with_min_len(2)
+                .fold(
+                    || (Scratch::new(&prep.prog), Vec::new()),
+                    |(mut s, mut done), (b, mut outs)| {
+                        let r0 = tile.start + b as u64 * BLOCK_ROWS;
+                        let n = (tile.end - r0).min(BLOCK_ROWS) as usize;
+                        let r = run_block(level, prep, ds, r0, n, &mut s, &mut outs);
+                        done.push((b, r));
+                        (s, done)
+                    },
+                )
+                .collect::<Vec<_>>()
+        };
+        let parts = match &self.pool {
+            Some(pool) => pool.install(work),
+            None => work(),
+        };
+        let mut hists: Vec<HistAcc> = prep.prog.hists.iter().map(|h| HistAcc::new(h.bins)).collect();
+        let mut blocks: Vec<(usize, BlockPartial)> = Vec::with_capacity(nblocks);
+        for (scratch, done) in parts {
+            for (h, acc) in hists.iter_mut().zip(&scratch.hists) {
+                h.merge(acc);
+            }
+            for (b, r) in done {
+                blocks.push((b, r?));
+            }
+        }
+        blocks.sort_by_key(|(b, _)| *b);
+        Ok(TileResult { blocks: blocks.into_iter().map(|(_, p)| p).collect(), hists })
+    }
+}
+
+/// Per-thread buffers, allocated once per fold split and reused for every block.
+struct Scratch {
+    gather: Vec<Vec<u64>>,
+    conv: Vec<Vec<f32>>,
+    regs: Vec<Reg>,
+    hists: Vec<HistAcc>,
+    sel: Vec<u32>,
+    keys: Vec<i64>,
+    slots: Vec<u32>,
+    key_table: Vec<u32>,
+    key_map: HashMap<i64, u32>,
+    fbuf: Vec<f32>,
+    dbuf: Vec<f64>,
+    hbuf: Vec<u16>,
+}
+
+enum Reg {
+    F(Vec<f32>),
+    I(Vec<i64>),
+    B(Vec<u8>),
+}
+
+impl Scratch {
+    fn new(prog: &FusedProgram) -> Scratch {
+        let regs = prog
+            .instrs
+            .iter()
+            .enumerate()
+            .map(|(r, ins)| match ins {
+                Instr::Const(Value::F(v)) => Reg::F(vec![*v; BLOCK]),
+                Instr::Const(Value::I(v)) => Reg::I(vec![*v; BLOCK]),
+                Instr::Const(Value::B(v)) => Reg::B(vec![*v as u8; BLOCK]),
+                _ => match prog.reg_type(r) {
+                    VType::F32 => Reg::F(vec![0.0; BLOCK]),
+                    VType::Int => Reg::I(vec![0; BLOCK]),
+                    VType::Bool => Reg::B(vec![0; BLOCK]),
+                },
+            })
+            .collect();
+        Scratch {
+            gather: prog.inputs.iter().map(|_| Vec::new()).collect(),
+            conv: prog.inputs.iter().map(|_| Vec::new()).collect(),
+            regs,
+            hists: prog.hists.iter().map(|h| HistAcc::new(h.bins)).collect(),
+            sel: Vec::new(),
+            keys: Vec::new(),
+            slots: Vec::new(),
+            key_table: Vec::new(),
+            key_map: HashMap::new(),
+            fbuf: Vec::new(),
+            dbuf: Vec::new(),
+            hbuf: Vec::new(),
+        }
+    }
+}
+
+/// A block of one input column in a native type (f16/bf16 converted to f32, bool as u8).
+#[derive(Clone, Copy)]
+enum View<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    I8(&'a [i8]),
+    U8(&'a [u8]),
+    I16(&'a [i16]),
+    U16(&'a [u16]),
+    I32(&'a [i32]),
+    U32(&'a [u32]),
+    I64(&'a [i64]),
+    U64(&'a [u64]),
+}
+
+macro_rules! on_view {
+    ($v:expr, $x:ident => $e:expr) => {
+        match $v {
+            View::F32($x) => $e,
+            View::F64($x) => $e,
+            View::I8($x) => $e,
+            View::U8($x) => $e,
+            View::I16($x) => $e,
+            View::U16($x) => $e,
+            View::I32($x) => $e,
+            View::U32($x) => $e,
+            View::I64($x) => $e,
+            View::U64($x) => $e,
+        }
+    };
+}
+
+/// Element types a view can hold.
+trait Elem: Copy + PartialOrd + Send + Sync + 'static {
+    const FLOAT: bool;
+    fn f64(self) -> f64;
+    fn f32(self) -> f32;
+    fn i64(self) -> i64;
+    fn i128(self) -> i128;
+    fn is_nan(self) -> bool;
+    fn is_inf(self) -> bool;
+}
+
+macro_rules! int_elem {
+    ($($t:ty),*) => {$(
+        impl Elem for $t {
+            const FLOAT: bool = false;
+            #[inline(always)] fn f64(self) -> f64 { self as f64 }
+            #[inline(always)] fn f32(self) -> f32 { self as f32 }
+            // u64 values above i64::MAX saturate (documented in README's expression notes).
+            #[inline(always)] fn i64(self) -> i64 { i64::try_from(self).unwrap_or(i64::MAX) }
+            #[inline(always)] fn i128(self) -> i128 { self as i128 }
+            #[inline(always)] fn is_nan(self) -> bool { false }
+            #[inline(always)] fn is_inf(self) -> bool { false }
+        }
+    )*};
+}
+int_elem!(i8, u8, i16, u16, i32, u32, i64, u64);
+
+macro_rules! float_elem {
+    ($($t:ty),*) => {$(
+        impl Elem for $t {
+            const FLOAT: bool = true;
+            #[inline(always)] fn f64(self) -> f64 { self as f64 }
+            #[inline(always)] fn f32(self) -> f32 { self as f32 }
+            #[inline(always)] fn i64(self) -> i64 { self as i64 }
+            #[inline(always)] fn i128(self) -> i128 { self as i128 }
+            #[inline(always)] fn is_nan(self) -> bool { self.is_nan() }
+            #[inline(always)] fn is_inf(self) -> bool { self.is_infinite() }
+        }
+    )*};
+}
+float_elem!(f32, f64);
+
+/// Reads rows `[r0, r0+n)` of a column as a typed slice: zero-copy when the column is
+/// contiguous and aligned, else gathered into `buf`; f16/bf16 are converted into `conv`.
+fn make_view<'a>(ds: &'a Dataset, col: usize, dtype: DType, r0: u64, n: usize, buf: &'a mut Vec<u64>, conv: &'a mut Vec<f32>) -> View<'a> {
+    let c = &ds.columns()[col];
+    let size = dtype.size();
+    let span = ds.column_span(col, r0, r0 + n as u64);
+    let aligned = span.as_ptr() as usize % size == 0;
+    let bytes: &'a [u8] = if c.is_contiguous() && aligned {
+        span
+    } else {
+        buf.resize((n * size).div_ceil(8), 0);
+        let dst: &mut [u8] = &mut bytemuck::cast_slice_mut(buf.as_mut_slice())[..n * size];
+        gather(span, c.stride as usize, size, n, dst);
+        &bytemuck::cast_slice(buf.as_slice())[..n * size]
+    };
+    match dtype {
+        DType::F32 => View::F32(bytemuck::cast_slice(bytes)),
+        DType::F64 => View::F64(bytemuck::cast_slice(bytes)),
+        DType::F16 | DType::BF16 => {
+            conv.resize(n, 0.0);
+            if dtype == DType::F16 {
+                bytemuck::cast_slice::<u8, f16>(bytes).convert_to_f32_slice(&mut conv[..n]);
+            } else {
+                bytemuck::cast_slice::<u8, bf16>(bytes).convert_to_f32_slice(&mut conv[..n]);
+            }
+            View::F32(&conv[..n])
+        }
+        DType::I8 => View::I8(bytemuck::cast_slice(bytes)),
+        DType::U8 | DType::Bool => View::U8(bytes),
+        DType::I16 => View::I16(bytemuck::cast_slice(bytes)),
+        DType::U16 => View::U16(bytemuck::cast_slice(bytes)),
+        DType::I32 => View::I32(bytemuck::cast_slice(bytes)),
+        DType::U32 => View::U32(bytemuck::cast_slice(bytes)),
+        DType::I64 => View::I64(bytemuck::cast_slice(bytes)),
+        DType::U64 => View::U64(bytemuck::cast_slice(bytes)),
+    }
+}
+
+/// Copies n elements of `size` bytes, `stride` apart in `src`, to be packed in `dst`.
+#[inline(always)]
+fn gather(src: &[u8], stride: usize, size: usize, n: usize, dst: &mut [u8]) {
+    for i in 0..n {
+        dst[i * size..(i + 1) * size].copy_from_slice(&src[i * stride..i * stride + size]);
+    }
+}
+
+fn run_block(level: Level, prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scratch, outs: &mut [&mut [u8]]) -> Result<BlockPartial> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match level {
+            // SAFETY: `level()` saw these features on this CPU.
+            Level::Avx512 => return unsafe { run_block_avx512(prep, ds, r0, n, s, outs) },
+            // SAFETY: as above.
+            Level::Avx2 => return unsafe { run_block_avx2(prep, ds, r0, n, s, outs) },
+            Level::Base => {}
+        }
+    }
+    run_block_impl(prep, ds, r0, n, s, outs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt")]
+fn run_block_avx512(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scratch, outs: &mut [&mut [u8]]) -> Result<BlockPartial> {
+    run_block_impl(prep, ds, r0, n, s, outs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt")]
+fn run_block_avx2(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scratch, outs: &mut [&mut [u8]]) -> Result<BlockPartial> {
+    run_block_impl(prep, ds, r0, n, s, outs)
+}
+
+#[inline(always)]
+fn run_block_impl(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scratch, outs: &mut [&mut [u8]]) -> Result<BlockPartial> {
+    let prog = &prep.prog;
+    let Scratch { gather, conv, regs, hists, sel, keys, slots, key_table, key_map, fbuf, dbuf, hbuf } = s;
+    let views: Vec<View> = gather
+        .iter_mut()
+        .zip(conv.iter_mut())
+        .enumerate()
+        .map(|(i, (buf, cv))| make_view(ds, prog.inputs[i], prep.dtypes[i], r0, n, buf, cv))
+        .collect();
+
+    eval_instrs(prog, &views, regs, n);
+
+    let mask: Option<&[u8]> = match prog.mask {
+        Some(m) => match &regs[m] {
+            Reg::B(b) => Some(&b[..n]),
+            _ => unreachable!("program.rs types the mask as bool"),
+        },
+        None => None,
+    };
+    let selected = mask.map_or(n as u64, |m| m.iter().map(|&b| b as u64).sum());
+    let mut part = BlockPartial { selected, ..BlockPartial::default() };
+
+    let source_view = |src: &Source| -> View {
+        match *src {
+            Source::Slot(i) => views[i],
+            Source::Reg(r) => match &regs[r] {
+                Reg::F(v) => View::F32(&v[..n]),
+                Reg::I(v) => View::I64(&v[..n]),
+                Reg::B(v) => View::U8(&v[..n]),
+            },
+        }
+    };
+
+    if let Some(key_slot) = prog.key {
+        part.groups = group_block(views[key_slot], mask, prog.stats.iter().map(source_view), keys, slots, key_table, key_map);
+    } else {
+        part.stats = prog.stats.iter().map(|src| on_view!(source_view(src), x => stats_any(x, mask))).collect();
+    }
+    for (h, acc) in prog.hists.iter().zip(hists.iter_mut()) {
+        on_view!(source_view(&h.source), x => hist_any(x, mask, h, acc));
+    }
+    if !prog.outputs.is_empty() {
+        sel.clear();
+        if let Some(m) = mask {
+            sel.extend((0..n as u32).filter(|&i| m[i as usize] != 0));
+        }
+        let sel = mask.map(|_| sel.as_slice());
+        for (k, spec) in prog.outputs.iter().enumerate() {
+            let counts = match spec.source {
+                Source::Slot(i) if is_raw_copy(spec, prep.dtypes[i]) => {
+                    let col = prog.inputs[i];
+                    let c = &ds.columns()[col];
+                    let span = ds.column_span(col, r0, r0 + n as u64);
+                    copy_raw(span, c.stride as usize, c.dtype.size(), n, sel, outs[k]);
+                    (0, 0)
+                }
+                _ => write_output(spec, source_view(&spec.source), n, sel, fbuf, dbuf, hbuf, outs[k]),
+            };
+            part.out_counts.push(counts);
+        }
+    }
+    Ok(part)
+}
+
+/// True when an output is the input column's bytes unchanged.
+fn is_raw_copy(spec: &OutSpec, dtype: DType) -> bool {
+    spec.scale.is_none() && spec.dtype == dtype && (spec.fill_nan.is_none() || !dtype.is_float())
+}
+
+#[inline(always)]
+fn eval_instrs(prog: &FusedProgram, views: &[View], regs: &mut [Reg], n: usize) {
+    for (r, ins) in prog.instrs.iter().enumerate() {
+        let (before, after) = regs.split_at_mut(r);
+        let out = &mut after[0];
+        match ins {
+            Instr::Const(_) => {}
+            Instr::Load { slot, ty } => load(views[*slot], *ty, out, n),
+            Instr::Op { op, args } => {
+                let f = |i: usize| match &before[args[i]] {
+                    Reg::F(v) => &v[..n],
+                    _ => unreachable!("program.rs types op arguments"),
+                };
+                let int = |i: usize| match &before[args[i]] {
+                    Reg::I(v) => &v[..n],
+                    _ => unreachable!("program.rs types op arguments"),
+                };
+                let b = |i: usize| match &before[args[i]] {
+                    Reg::B(v) => &v[..n],
+                    _ => unreachable!("program.rs types op arguments"),
+                };
+                match (op, out) {
+                    (Op::Neg | Op::Abs | Op::Sqrt | Op::Exp | Op::Log | Op::Log1p, Reg::F(o)) => k::unary_f(*op, f(0), o),
+                    (Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Min | Op::Max, Reg::F(o)) => k::binary_f(*op, f(0), f(1), o),
+                    (Op::Clip, Reg::F(o)) => k::clip(f(0), f(1), f(2), o),
+                    (Op::CmpF(c), Reg::B(o)) => k::compare_f(*c, f(0), f(1), o),
+                    (Op::CmpI(c), Reg::B(o)) => k::compare_i(*c, int(0), int(1), o),
+                    (Op::IsNan | Op::IsInf | Op::IsFinite, Reg::B(o)) => k::classify(*op, f(0), o),
+                    (Op::And | Op::Or, Reg::B(o)) => k::logic(*op, b(0), b(1), o),
+                    (Op::Not, Reg::B(o)) => k::logic(*op, b(0), b(0), o),
+                    (Op::IntToF, Reg::F(o)) => o[..n].iter_mut().zip(int(0)).for_each(|(o, &x)| *o = x as f32),
+                    (Op::BoolToI, Reg::I(o)) => o[..n].iter_mut().zip(b(0)).for_each(|(o, &x)| *o = x as i64),
+                    _ => unreachable!("program.rs gives every op a register of its result type"),
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn load(v: View, ty: VType, out: &mut Reg, n: usize) {
+    match (ty, out) {
+        (VType::F32, Reg::F(o)) => on_view!(v, x => o[..n].iter_mut().zip(x).for_each(|(o, &x)| *o = x.f32())),
+        (VType::Int, Reg::I(o)) => on_view!(v, x => o[..n].iter_mut().zip(x).for_each(|(o, &x)| *o = x.i64())),
+        (VType::Bool, Reg::B(o)) => on_view!(v, x => o[..n].iter_mut().zip(x).for_each(|(o, &x)| *o = (x.f64() != 0.0) as u8)),
+        _ => unreachable!("program.rs gives every load a register of its type"),
+    }
+}
+
+/// Statistics of one block of values; `mask` selects rows.
+#[inline(always)]
+fn stats_any<T: Elem>(x: &[T], mask: Option<&[u8]>) -> BlockStats {
+    let pivot = x.iter().find(|v| !v.is_nan() && !v.is_inf()).map_or(0.0, |v| v.f64());
+    match mask {
+        None => stats_lanes::<T, false>(x, &[], pivot),
+        Some(m) => stats_lanes::<T, true>(x, m, pivot),
+    }
+}
+
+/// The stats kernel: 8 independent lanes of f64 sums of `x - pivot` and its square.
+#[inline(always)]
+fn stats_lanes<T: Elem, const MASKED: bool>(x: &[T], mask: &[u8], pivot: f64) -> BlockStats {
+    const L: usize = 8;
+    let mut s = [0f64; L];
+    let mut s2 = [0f64; L];
+    let mut mn = [f64::INFINITY; L];
+    let mut mx = [f64::NEG_INFINITY; L];
+    let mut fmn = [f64::INFINITY; L];
+    let mut fmx = [f64::NEG_INFINITY; L];
+    let mut cnt = [0u32; L];
+    let mut sel = [0u32; L];
+    let mut inf = [0u32; L];
+    let n = x.len();
+    let full = n / L * L;
+    let mut step = |l: usize, i: usize| {
+        let v = x[i];
+        let on = !MASKED || mask[i] != 0;
+        let ok = on && !v.is_nan();
+        let f = v.f64();
+        let d = if ok { f - pivot } else { 0.0 };
+        s[l] += d;
+        s2[l] += d * d;
+        mn[l] = if ok && f < mn[l] { f } else { mn[l] };
+        mx[l] = if ok && f > mx[l] { f } else { mx[l] };
+        let is_inf = v.is_inf();
+        let fin = ok && !is_inf;
+        fmn[l] = if fin && f < fmn[l] { f } else { fmn[l] };
+        fmx[l] = if fin && f > fmx[l] { f } else { fmx[l] };
+        cnt[l] += ok as u32;
+        sel[l] += on as u32;
+        inf[l] += (ok && is_inf) as u32;
+    };
+    let mut i = 0;
+    while i < full {
+        for l in 0..L {
+            step(l, i + l);
+        }
+        i += L;
+    }
+    for i in full..n {
+        step(0, i);
+    }
+    let count: u64 = cnt.iter().map(|&c| c as u64).sum();
+    let selected: u64 = sel.iter().map(|&c| c as u64).sum();
+    let mut b = BlockStats {
+        count,
+        nan: selected - count,
+        inf: inf.iter().map(|&c| c as u64).sum(),
+        pivot,
+        sum_d: pairwise(&s),
+        sum_d2: pairwise(&s2),
+        min: mn.iter().fold(f64::INFINITY, |a, &b| a.min(b)),
+        max: mx.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)),
+        fmin: fmn.iter().fold(f64::INFINITY, |a, &b| a.min(b)),
+        fmax: fmx.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)),
+        ..BlockStats::default()
+    };
+    if !T::FLOAT && count > 0 {
+        // Exact integer bounds: every integer dtype but (u)i64 is exact in f64, and those are
+        // rechecked here in their own type.
+        let (mut lo, mut hi) = (i128::MAX, i128::MIN);
+        for (i, v) in x.iter().enumerate() {
+            if !MASKED || mask[i] != 0 {
+                lo = lo.min(v.i128());
+                hi = hi.max(v.i128());
+            }
+        }
+        b.imin = lo;
+        b.imax = hi;
+    }
+    b
+}
+
+#[inline(always)]
+fn pairwise(v: &[f64; 8]) -> f64 {
+    ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))
+}
+
+#[inline(always)]
+fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, acc: &mut HistAcc) {
+    let scale = bin_scale(h.lo, h.hi, h.bins);
+    for (i, v) in x.iter().enumerate() {
+        if mask.is_some_and(|m| m[i] == 0) {
+            continue;
+        }
+        match bin_of(v.f64(), h.lo, h.hi, scale, h.bins) {
+            Ok(b) => acc.counts[b] += 1,
+            Err(Outside::Below) => acc.below += 1,
+            Err(Outside::Above) => acc.above += 1,
+            Err(Outside::Nan) => acc.nan += 1,
+        }
+    }
+}
+
+/// Per-group statistics of one block: keys mapped to dense slots in first-seen order.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn group_block<'a>(
+    key: View,
+    mask: Option<&[u8]>,
+    sources: impl Iterator<Item = View<'a>>,
+    keys: &mut Vec<i64>,
+    slots: &mut Vec<u32>,
+    table: &mut Vec<u32>,
+    map: &mut HashMap<i64, u32>,
+) -> Vec<(i64, u64, Vec<BlockStats>)> {
+    let n = on_view!(key, x => x.len());
+    let narrow = matches!(key, View::I8(_) | View::U8(_) | View::I16(_) | View::U16(_));
+    keys.clear();
+    slots.clear();
+    slots.resize(n, u32::MAX);
+    let mut rows: Vec<u64> = Vec::new();
+    const OFF: i64 = 32768;
+    if narrow && table.is_empty() {
+        table.resize(65536 + 32768, 0);
+    }
+    on_view!(key, x => {
+        for i in 0..n {
+            if mask.is_some_and(|m| m[i] == 0) {
+                continue;
+            }
+            let kv = x[i].i64();
+            let slot = if narrow {
+                let e = &mut table[(kv + OFF) as usize];
+                if *e == 0 {
+                    keys.push(kv);
+                    rows.push(0);
+                    *e = keys.len() as u32;
+                }
+                *e - 1
+            } else {
+                *map.entry(kv).or_insert_with(|| {
+                    keys.push(kv);
+                    rows.push(0);
+                    keys.len() as u32 - 1
+                })
+            };
+            slots[i] = slot;
+            rows[slot as usize] += 1;
+        }
+    });
+    if narrow {
+        for &kv in keys.iter() {
+            table[(kv + OFF) as usize] = 0;
+        }
+    } else {
+        map.clear();
+    }
+    let g = keys.len();
+    let mut per_source: Vec<Vec<BlockStats>> = Vec::new();
+    for src in sources {
+        let mut acc = vec![BlockStats::default(); g];
+        on_view!(src, x => group_accumulate(x, slots, &mut acc));
+        per_source.push(acc);
+    }
+    (0..g).map(|j| (keys[j], rows[j], per_source.iter().map(|acc| acc[j]).collect())).collect()
+}
+
+#[inline(always)]
+fn group_accumulate<T: Elem>(x: &[T], slots: &[u32], acc: &mut [BlockStats]) {
+    let pivot = x.iter().find(|v| !v.is_nan() && !v.is_inf()).map_or(0.0, |v| v.f64());
+    for a in acc.iter_mut() {
+        a.pivot = pivot;
+    }
+    for (i, &v) in x.iter().enumerate() {
+        let slot = slots[i];
+        if slot == u32::MAX {
+            continue;
+        }
+        let a = &mut acc[slot as usize];
+        if v.is_nan() {
+            a.nan += 1;
+            continue;
+        }
+        let f = v.f64();
+        let d = f - pivot;
+        a.count += 1;
+        a.sum_d += d;
+        a.sum_d2 += d * d;
+        a.min = a.min.min(f);
+        a.max = a.max.max(f);
+        a.inf += v.is_inf() as u64;
+        if !T::FLOAT {
+            a.imin = a.imin.min(v.i128());
+            a.imax = a.imax.max(v.i128());
+        }
+    }
+}
+
+/// Copies the selected rows' raw bytes.
+#[inline(always)]
+fn copy_raw(span: &[u8], stride: usize, size: usize, n: usize, sel: Option<&[u32]>, out: &mut [u8]) {
+    match sel {
+        None if stride == size => out[..n * size].copy_from_slice(&span[..n * size]),
+        None => gather(span, stride, size, n, out),
+        Some(sel) => {
+            for (j, &i) in sel.iter().enumerate() {
+                let i = i as usize;
+                out[j * size..(j + 1) * size].copy_from_slice(&span[i * stride..i * stride + size]);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn scaled(scale: Option<Scale>, v: f64) -> f64 {
+    match scale {
+        None => v,
+        Some(Scale::Standardize { mean, std }) => {
+            if std > 0.0 || std.is_nan() {
+                (v - mean) / std
+            } else if v.is_nan() {
+                v
+            } else {
+                0.0
+            }
+        }
+        Some(Scale::MinMax { min, max }) => {
+            let range = max - min;
+            if range > 0.0 || range.is_nan() {
+                (v - min) / range
+            } else if v.is_nan() {
+                v
+            } else {
+                0.0
+            }
+        }
+    }
+}
+
+/// Writes one computed output column of a block; returns (NaN count, overflow count).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn write_output(spec: &OutSpec, src: View, n: usize, sel: Option<&[u32]>, fbuf: &mut Vec<f32>, dbuf: &mut Vec<f64>, hbuf: &mut Vec<u16>, out: &mut [u8]) -> (u64, u64) {
+    let m = sel.map_or(n, |s| s.len());
+    let idx = |j: usize| sel.map_or(j, |s| s[j] as usize);
+    match spec.dtype {
+        DType::I64 => {
+            if let View::I64(x) = src {
+                for j in 0..m {
+                    out[j * 8..(j + 1) * 8].copy_from_slice(&x[idx(j)].to_le_bytes());
+                }
+            }
+            (0, 0)
+        }
+        DType::Bool => {
+            if let View::U8(x) = src {
+                for j in 0..m {
+                    out[j] = x[idx(j)];
+                }
+            }
+            (0, 0)
+        }
+        DType::F64 => {
+            dbuf.clear();
+            on_view!(src, x => dbuf.extend((0..m).map(|j| scaled(spec.scale, x[idx(j)].f64()))));
+            if let Some(fill) = spec.fill_nan {
+                dbuf.iter_mut().filter(|v| v.is_nan()).for_each(|v| *v = fill);
+            }
+            let nans = dbuf.iter().filter(|v| v.is_nan()).count() as u64;
+            out[..m * 8].copy_from_slice(bytemuck::cast_slice(&dbuf[..]));
+            (nans, 0)
+        }
+        dtype => {
+            fbuf.clear();
+            let mut overflow = 0u64;
+            match (spec.scale, src) {
+                (None, View::F32(x)) => match sel {
+                    None => fbuf.extend_from_slice(&x[..m]),
+                    Some(s) => fbuf.extend(s.iter().map(|&i| x[i as usize])),
+                },
+                _ => on_view!(src, x => {
+                    fbuf.extend((0..m).map(|j| {
+                        let y = scaled(spec.scale, x[idx(j)].f64());
+                        let f = y as f32;
+                        overflow += (y.is_finite() && f.is_infinite()) as u64;
+                        f
+                    }))
+                }),
+            }
+            if let Some(fill) = spec.fill_nan {
+                let fill = fill as f32;
+                fbuf.iter_mut().for_each(|v| *v = if v.is_nan() { fill } else { *v });
+            }
+            let nans = fbuf.iter().map(|v| v.is_nan() as u64).sum::<u64>();
+            match dtype {
+                DType::F16 | DType::BF16 => {
+                    hbuf.resize(m, 0);
+                    if dtype == DType::F16 {
+                        bytemuck::cast_slice_mut::<u16, f16>(&mut hbuf[..]).convert_from_f32_slice(fbuf);
+                        overflow += fbuf.iter().zip(hbuf.iter()).map(|(f, &h)| (f.is_finite() && h & 0x7fff == 0x7c00) as u64).sum::<u64>();
+                    } else {
+                        bytemuck::cast_slice_mut::<u16, bf16>(&mut hbuf[..]).convert_from_f32_slice(fbuf);
+                        overflow += fbuf.iter().zip(hbuf.iter()).map(|(f, &h)| (f.is_finite() && h & 0x7fff == 0x7f80) as u64).sum::<u64>();
+                    }
+                    out[..m * 2].copy_from_slice(bytemuck::cast_slice(&hbuf[..]));
+                }
+                _ => out[..m * 4].copy_from_slice(bytemuck::cast_slice(&fbuf[..])),
+            }
+            (nans, overflow)
+        }
+    }
+}

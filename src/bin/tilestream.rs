@@ -1,0 +1,778 @@
+//! The `tilestream` command-line tool: dataset info, statistics, histograms, transforms,
+//! synthetic data, the demo and the benchmark.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Map, Value, json};
+use tilestream::fit::json_f64;
+use tilestream::{
+    AggregateResult, Cols, ColumnStats, DType, Dataset, Device, Error, FileKind, Fit, LazyFrame, Number, RunOptions, SinkOptions, Transform, all_stats,
+    hist, parse_expr,
+};
+
+#[derive(Parser)]
+#[command(name = "tilestream", version, about = "Stream memory-mapped datasets larger than RAM through fused filter, aggregate and transform kernels.")]
+#[command(after_help = "Expressions (--where, --with): columns (`x:0` in backticks), numbers, inf, nan, true, false, \
++ - * /, < <= > >= == !=, && || ! (or and or not), abs sqrt exp log log1p isnan isinf isfinite min max clip.\n\
+Exit codes: 0 ok, 2 error, 130 interrupted.")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Global {
+    /// Device to run on: auto, cpu, wgpu[:N], cuda[:N].
+    #[arg(long, global = true, default_value = "auto")]
+    device: String,
+    /// Memory for tiles, e.g. 256MiB, 1GiB, 512KiB (default 256MiB).
+    #[arg(long, global = true, default_value = "256MiB", value_parser = parse_size)]
+    memory_budget: u64,
+    /// CPU threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// No progress bars or notes on stderr.
+    #[arg(long, global = true)]
+    quiet: bool,
+    /// Read inputs as headerless row-major binary: DTYPE:COLS, e.g. f32:16.
+    #[arg(long, global = true, value_parser = parse_raw)]
+    raw: Option<FileKind>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show columns, dtypes, shapes, layout, rows and bytes; validates the files.
+    Info {
+        /// Input files (several of one row count form one dataset).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-column count, nan_count, inf_count, sum, mean, min, max, var (population), std.
+    Stats {
+        /// Input files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Columns (comma list; default: every numeric column).
+        #[arg(long, value_delimiter = ',')]
+        columns: Vec<String>,
+        /// Keep rows where EXPR is true.
+        #[arg(long = "where", value_name = "EXPR")]
+        filter: Option<String>,
+        /// Group by an integer column (up to 65,536 distinct values).
+        #[arg(long, value_name = "KEY")]
+        by: Option<String>,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Equal-width histogram: bin = floor((x - LO) * (BINS / (HI - LO))), computed in f64.
+    Hist {
+        /// Input files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The column.
+        #[arg(long)]
+        column: String,
+        /// Number of bins.
+        #[arg(long, default_value_t = 256)]
+        bins: u32,
+        /// LO:HI (default: the column's finite min and max, found in a first pass).
+        #[arg(long, value_parser = parse_range)]
+        range: Option<(f64, f64)>,
+        /// Keep rows where EXPR is true.
+        #[arg(long = "where", value_name = "EXPR")]
+        filter: Option<String>,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a transformed copy: --where → --with → --clip → --log1p → fit → --standardize /
+    /// --minmax → --fill-nan → --cast.
+    Transform(TransformArgs),
+    /// Write a synthetic safetensors dataset: f32 columns f0.. and a skewed u8 `key`.
+    Gen {
+        /// Output .safetensors file.
+        out: PathBuf,
+        /// Rows.
+        #[arg(long)]
+        rows: u64,
+        /// f32 feature columns.
+        #[arg(long, default_value_t = 8)]
+        cols: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The main job on generated data (about 1 GiB): stats, a filtered group-by, a histogram
+    /// and a fit+transform to f16, with a timing table.
+    Demo {
+        /// Rows to generate (default: about 1 GiB of data).
+        #[arg(long)]
+        rows: Option<u64>,
+    },
+    /// Throughput of each query kind on this machine, as a ratio to its measured limits.
+    Bench {
+        /// Rows to generate (default: 2 GiB of f32 feature data).
+        #[arg(long)]
+        rows: Option<u64>,
+        /// Folder for the generated data (default: the system temp folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the devices found and which one `auto` picks.
+    Devices,
+}
+
+#[derive(Args)]
+struct TransformArgs {
+    /// Input files.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Output file (.safetensors, or .npy when every column has one dtype).
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    out: PathBuf,
+    /// Keep rows where EXPR is true.
+    #[arg(long = "where", value_name = "EXPR")]
+    filter: Option<String>,
+    /// Output only these input columns (comma list), plus --with columns.
+    #[arg(long, value_delimiter = ',')]
+    select: Option<Vec<String>>,
+    /// Standardize with the fitted mean and std: a comma list or `all` (all float columns).
+    #[arg(long, value_name = "COLS")]
+    standardize: Option<String>,
+    /// Scale to [0, 1] with the fitted min and max: COLS or `all`.
+    #[arg(long, value_name = "COLS")]
+    minmax: Option<String>,
+    /// Replace by ln(1 + x): COLS or `all`.
+    #[arg(long, value_name = "COLS")]
+    log1p: Option<String>,
+    /// Clamp a column: C=LO:HI (repeatable).
+    #[arg(long, value_name = "C=LO:HI")]
+    clip: Vec<String>,
+    /// Add or replace a column: NAME=EXPR over raw values (repeatable).
+    #[arg(long = "with", value_name = "NAME=EXPR")]
+    with: Vec<String>,
+    /// Replace NaN in every float column written.
+    #[arg(long, value_name = "V", allow_hyphen_values = true)]
+    fill_nan: Option<f64>,
+    /// Cast every float column written: f16, bf16 or f32.
+    #[arg(long)]
+    cast: Option<String>,
+    /// Save the fitted transform as JSON.
+    #[arg(long, value_name = "FIT.json")]
+    save_fit: Option<PathBuf>,
+    /// Replay a saved transform (no fit pass; no other transform flags).
+    #[arg(long, value_name = "FIT.json")]
+    apply: Option<PathBuf>,
+    /// Replace an existing output file.
+    #[arg(long)]
+    force: bool,
+    /// One JSON line on stdout: rows written and per-column NaN/overflow counts.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("bad size `{s}`: expected e.g. 256MiB"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1u64,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        "t" | "tib" | "tb" => 1 << 40,
+        u => return Err(format!("bad size unit `{u}`: use KiB, MiB or GiB")),
+    };
+    let bytes = v * mult as f64;
+    if !(bytes >= 1.0 && bytes < 1e18) {
+        return Err(format!("size `{s}` is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+fn parse_raw(s: &str) -> Result<FileKind, String> {
+    let (d, c) = s.split_once(':').ok_or("expected DTYPE:COLS, e.g. f32:16")?;
+    let dtype = DType::from_name(d).ok_or_else(|| format!("unknown dtype `{d}`"))?;
+    let cols: u64 = c.parse().map_err(|_| format!("bad column count `{c}`"))?;
+    Ok(FileKind::Raw { dtype, cols })
+}
+
+fn parse_range(s: &str) -> Result<(f64, f64), String> {
+    let (a, b) = split_range(s).ok_or("expected LO:HI, e.g. 0:1 or -5:5")?;
+    if !(a.is_finite() && b.is_finite() && a <= b) {
+        return Err(format!("range {s} must be finite with LO <= HI"));
+    }
+    Ok((a, b))
+}
+
+/// Splits `LO:HI` where either side may be negative or in scientific notation.
+fn split_range(s: &str) -> Option<(f64, f64)> {
+    let bytes = s.as_bytes();
+    (1..s.len()).filter(|&i| bytes[i] == b':').find_map(|i| Some((s[..i].trim().parse().ok()?, s[i + 1..].trim().parse().ok()?)))
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&cancel));
+    let code = match run(&cli, &cancel) {
+        Ok(()) => 0,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                0
+            } else if e.downcast_ref::<Error>().is_some_and(|t| matches!(t, Error::Interrupted)) {
+                eprintln!("tilestream: interrupted");
+                130
+            } else {
+                eprintln!("tilestream: {}", chain(&e));
+                2
+            }
+        }
+    };
+    std::process::exit(code);
+}
+
+fn chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// Prints to stdout, turning a closed pipe into an error that exits 0.
+fn out(text: &str) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())?;
+    o.write_all(b"\n")?;
+    o.flush()?;
+    Ok(())
+}
+
+struct Ctx {
+    device: Device,
+    opts: RunOptions,
+    quiet: bool,
+    raw: Option<FileKind>,
+}
+
+impl Ctx {
+    fn open(&self, paths: &[PathBuf]) -> Result<Dataset> {
+        Ok(Dataset::open_many(paths, self.raw.unwrap_or(FileKind::Auto))?)
+    }
+
+    /// Run options with a progress bar labelled `what`, shown after a second on a terminal.
+    fn with_progress(&self, what: &str) -> (RunOptions, ProgressBar) {
+        let pb = ProgressBar::hidden();
+        let mut opts = self.opts.clone();
+        if !self.quiet && std::io::stderr().is_terminal() {
+            pb.set_style(
+                ProgressStyle::with_template("{msg:>12} [{bar:40}] {percent:>3}% {elapsed_precise} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            pb.set_message(what.to_string());
+            let start = Instant::now();
+            let bar = pb.clone();
+            opts.progress = Some(Arc::new(move |done, total| {
+                bar.set_length(total.max(1));
+                bar.set_position(done);
+                if bar.is_hidden() && start.elapsed().as_secs_f64() > 1.0 {
+                    bar.set_draw_target(ProgressDrawTarget::stderr());
+                }
+            }));
+        }
+        (opts, pb)
+    }
+}
+
+fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
+    let g = &cli.global;
+    let device = Device::from_name(&g.device)?;
+    let opts = RunOptions { memory_budget: g.memory_budget, threads: g.threads, cancel: Some(Arc::clone(cancel)), progress: None };
+    if let Some(n) = g.threads {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
+    }
+    let ctx = Ctx { device, opts, quiet: g.quiet, raw: g.raw };
+    match &cli.command {
+        Command::Info { paths, json } => info(&ctx, paths, *json),
+        Command::Stats { paths, columns, filter, by, json } => stats(&ctx, paths, columns, filter.as_deref(), by.as_deref(), *json),
+        Command::Hist { paths, column, bins, range, filter, json } => histogram(&ctx, paths, column, *bins, *range, filter.as_deref(), *json),
+        Command::Transform(t) => transform(&ctx, t),
+        Command::Gen { out, rows, cols, seed, force } => generate_cmd(&ctx, out, *rows, *cols, *seed, *force),
+        Command::Demo { rows } => demo(&ctx, *rows),
+        Command::Bench { rows, dir, json } => bench(&ctx, *rows, dir.as_deref(), *json),
+        Command::Devices => devices(),
+    }
+}
+
+fn info(ctx: &Ctx, paths: &[PathBuf], json: bool) -> Result<()> {
+    let ds = ctx.open(paths)?;
+    if json {
+        let files: Vec<Value> = ds
+            .files()
+            .iter()
+            .map(|f| {
+                json!({
+                    "path": f.path().display().to_string(),
+                    "format": f.format(),
+                    "bytes": f.len(),
+                    "tensors": f.tensors().iter().map(|t| json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape, "offset": t.offset, "bytes": t.bytes})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let cols: Vec<Value> = ds
+            .columns()
+            .iter()
+            .map(|c| {
+                json!({"name": c.name, "dtype": c.dtype.name(), "file": c.file, "offset": c.offset, "stride": c.stride,
+                       "layout": if c.is_contiguous() { "contiguous" } else { "strided" }, "bytes": c.dtype.size() as u64 * ds.rows()})
+            })
+            .collect();
+        return out(&json!({"rows": ds.rows(), "files": files, "columns": cols}).to_string());
+    }
+    let mut s = String::new();
+    for f in ds.files() {
+        s += &format!("{}: {}, {} bytes, {} tensor(s)\n", f.path().display(), f.format(), f.len(), f.tensors().len());
+        for t in f.tensors() {
+            s += &format!("  tensor {:<24} {:<5} shape {:?}  offset {}  {} bytes\n", t.name, t.dtype.name(), t.shape, t.offset, t.bytes);
+        }
+    }
+    s += &format!("rows: {}\ncolumns: {}\n", ds.rows(), ds.columns().len());
+    for c in ds.columns() {
+        let layout = if c.is_contiguous() { "contiguous".to_string() } else { format!("strided ({} B)", c.stride) };
+        s += &format!("  {:<24} {:<5} {layout}\n", c.name, c.dtype.name());
+    }
+    out(s.trim_end())
+}
+
+fn frame(ds: &Dataset, filter: Option<&str>) -> Result<LazyFrame> {
+    let mut lf = ds.lazy();
+    if let Some(f) = filter {
+        lf = lf.filter(parse_expr(f).context("--where")?);
+    }
+    Ok(lf)
+}
+
+fn num_json(n: Option<Number>) -> Value {
+    match n {
+        None => Value::Null,
+        Some(Number::Int(i)) => i64::try_from(i).map(Value::from).or_else(|_| u64::try_from(i).map(Value::from)).unwrap_or(Value::Null),
+        Some(Number::Float(f)) => json_f64(Some(f)),
+    }
+}
+
+fn stats_json(s: &ColumnStats) -> Value {
+    json!({
+        "count": s.count, "nan_count": s.nan_count, "inf_count": s.inf_count, "sum": json_f64(Some(s.sum)),
+        "mean": json_f64(s.mean), "min": num_json(s.min), "max": num_json(s.max), "var": json_f64(s.var), "std": json_f64(s.std),
+    })
+}
+
+fn columns_json(cols: &[(String, ColumnStats)]) -> Value {
+    let mut m = Map::new();
+    for (name, s) in cols {
+        m.insert(name.clone(), stats_json(s));
+    }
+    Value::Object(m)
+}
+
+fn fmt_num(n: Option<Number>) -> String {
+    match n {
+        None => "-".into(),
+        Some(Number::Int(i)) => i.to_string(),
+        Some(Number::Float(f)) => fmt_f(Some(f)),
+    }
+}
+
+fn fmt_f(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v.is_nan() => "nan".into(),
+        Some(v) if v.is_infinite() => if v > 0.0 { "inf" } else { "-inf" }.into(),
+        Some(v) if v != 0.0 && (v.abs() >= 1e7 || v.abs() < 1e-4) => format!("{v:.6e}"),
+        Some(v) => format!("{v:.6}"),
+    }
+}
+
+fn stats_table(cols: &[(String, ColumnStats)]) -> String {
+    let mut s = format!("{:<16} {:>12} {:>8} {:>6} {:>16} {:>14} {:>14} {:>14} {:>14} {:>14}\n", "column", "count", "nan", "inf", "sum", "mean", "min", "max", "var", "std");
+    for (name, c) in cols {
+        s += &format!(
+            "{:<16} {:>12} {:>8} {:>6} {:>16} {:>14} {:>14} {:>14} {:>14} {:>14}\n",
+            name,
+            c.count,
+            c.nan_count,
+            c.inf_count,
+            fmt_f(Some(c.sum)),
+            fmt_f(c.mean),
+            fmt_num(c.min),
+            fmt_num(c.max),
+            fmt_f(c.var),
+            fmt_f(c.std)
+        );
+    }
+    s
+}
+
+fn stats(ctx: &Ctx, paths: &[PathBuf], columns: &[String], filter: Option<&str>, by: Option<&str>, json: bool) -> Result<()> {
+    let ds = ctx.open(paths)?;
+    if let Some(k) = by
+        && columns.iter().any(|c| c == k)
+    {
+        bail!("--columns lists the group-by key `{k}`");
+    }
+    let lf = frame(&ds, filter)?;
+    let aggs = [all_stats(columns.iter().cloned())];
+    let q = match by {
+        Some(k) => lf.group_by(k).aggregate(aggs),
+        None => lf.aggregate(aggs),
+    };
+    let (opts, pb) = ctx.with_progress("stats");
+    let r = q.collect_with(&ctx.device, &opts)?;
+    pb.finish_and_clear();
+    print_stats(&r, by.is_some(), json)
+}
+
+fn print_stats(r: &AggregateResult, grouped: bool, json: bool) -> Result<()> {
+    if json {
+        let mut o = json!({"rows": r.rows, "rows_selected": r.rows_selected});
+        if grouped {
+            o["groups"] = Value::Array(r.groups.iter().map(|g| json!({"key": g.key, "rows": g.rows, "columns": columns_json(&g.columns)})).collect());
+        } else {
+            o["columns"] = columns_json(&r.columns);
+        }
+        return out(&o.to_string());
+    }
+    let mut s = format!("rows: {}  selected: {}  ({} on {}, {} tiles)\n", r.rows, r.rows_selected, r.report.passes, r.report.device, r.report.tiles);
+    if grouped {
+        for g in &r.groups {
+            s += &format!("\nkey {} ({} rows)\n{}", g.key, g.rows, stats_table(&g.columns));
+        }
+    } else {
+        s += &stats_table(&r.columns);
+    }
+    out(s.trim_end())
+}
+
+fn histogram(ctx: &Ctx, paths: &[PathBuf], column: &str, bins: u32, range: Option<(f64, f64)>, filter: Option<&str>, json: bool) -> Result<()> {
+    let ds = ctx.open(paths)?;
+    let mut h = hist(column, bins);
+    if let Some((lo, hi)) = range {
+        h = h.range(lo, hi);
+    }
+    let (opts, pb) = ctx.with_progress("hist");
+    let r = frame(&ds, filter)?.aggregate([h]).collect_with(&ctx.device, &opts)?;
+    pb.finish_and_clear();
+    let h = r.histograms.first().ok_or_else(|| anyhow!("internal: no histogram"))?;
+    if json {
+        return out(&json!({
+            "column": h.column, "min": json_f64(Some(h.lo)), "max": json_f64(Some(h.hi)), "bins": h.counts.len(), "counts": h.counts,
+            "below": h.below, "above": h.above, "nan": h.nan, "rows_selected": h.rows_selected,
+        })
+        .to_string());
+    }
+    let peak = h.counts.iter().copied().max().unwrap_or(0).max(1);
+    let width = if h.hi > h.lo { (h.hi - h.lo) / h.counts.len() as f64 } else { 0.0 };
+    let mut s = format!("{}: {} bins over [{}, {}], {} rows selected, below {}, above {}, nan {}\n", h.column, h.counts.len(), h.lo, h.hi, h.rows_selected, h.below, h.above, h.nan);
+    for (i, c) in h.counts.iter().enumerate() {
+        let bar = "#".repeat((c * 50 / peak) as usize);
+        s += &format!("{:>14} {:>12} {bar}\n", fmt_f(Some(h.lo + width * i as f64)), c);
+    }
+    out(s.trim_end())
+}
+
+fn cols_arg(v: &Option<String>) -> Cols {
+    match v.as_deref() {
+        None => Cols::None,
+        Some("all") => Cols::All,
+        Some(list) => Cols::List(list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()),
+    }
+}
+
+fn transform(ctx: &Ctx, a: &TransformArgs) -> Result<()> {
+    let ds = ctx.open(&a.paths)?;
+    let lf = frame(&ds, a.filter.as_deref())?;
+    let sink = SinkOptions { force: a.force };
+    let t0 = Instant::now();
+    let (opts, pb) = ctx.with_progress("transform");
+    let report = if let Some(fit_path) = &a.apply {
+        let extra = a.select.is_some()
+            || a.standardize.is_some()
+            || a.minmax.is_some()
+            || a.log1p.is_some()
+            || !a.clip.is_empty()
+            || !a.with.is_empty()
+            || a.fill_nan.is_some()
+            || a.cast.is_some()
+            || a.save_fit.is_some();
+        if extra {
+            eprintln!("tilestream: --apply replays a saved transform; it takes no other transform flags (only --where, -o, --force, --json)");
+            std::process::exit(2);
+        }
+        let fit = Fit::load(fit_path)?;
+        tilestream::apply_fit(&lf, &fit, &a.out, &sink, &ctx.device, &opts)?
+    } else {
+        let mut t = Transform {
+            select: a.select.clone(),
+            log1p: cols_arg(&a.log1p),
+            standardize: cols_arg(&a.standardize),
+            minmax: cols_arg(&a.minmax),
+            fill_nan: a.fill_nan,
+            ..Transform::default()
+        };
+        if let Some(c) = &a.cast {
+            t.cast = Some(DType::from_name(c).filter(|d| matches!(d, DType::F32 | DType::F16 | DType::BF16)).ok_or_else(|| anyhow!("--cast must be f16, bf16 or f32, not `{c}`"))?);
+        }
+        for c in &a.clip {
+            let (name, range) = c.rsplit_once('=').ok_or_else(|| anyhow!("--clip expects C=LO:HI, got `{c}`"))?;
+            let (lo, hi) = split_range(range).ok_or_else(|| anyhow!("--clip expects C=LO:HI, got `{c}`"))?;
+            t.clip.push((name.to_string(), lo, hi));
+        }
+        for w in &a.with {
+            let (name, expr) = w.split_once('=').ok_or_else(|| anyhow!("--with expects NAME=EXPR, got `{w}`"))?;
+            let name = name.trim();
+            if name.is_empty() {
+                bail!("--with expects NAME=EXPR, got `{w}`");
+            }
+            t.with.push((name.to_string(), parse_expr(expr).with_context(|| format!("--with {name}"))?));
+        }
+        let q = lf.clone().transform(t);
+        if let Some(p) = &a.save_fit {
+            // Fit first so a bad fit path fails before the output is written.
+            let fit = q.fit(&ctx.device, &opts)?;
+            fit.save(p, a.force)?;
+            tilestream::apply_fit(&lf, &fit, &a.out, &sink, &ctx.device, &opts)?
+        } else {
+            q.sink(&a.out, &sink, &ctx.device, &opts)?.1
+        }
+    };
+    pb.finish_and_clear();
+    if a.json {
+        let mut cols = Map::new();
+        for (name, dtype, nan, overflow) in &report.columns {
+            cols.insert(name.clone(), json!({"dtype": dtype.name(), "nan_count": nan, "overflow_count": overflow}));
+        }
+        return out(&json!({"rows_written": report.rows_written, "columns": cols, "device": report.report.device, "tiles": report.report.tiles}).to_string());
+    }
+    if !ctx.quiet {
+        eprintln!("wrote {} rows x {} columns to {} in {:.2} s", report.rows_written, report.columns.len(), a.out.display(), t0.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+fn generate_cmd(ctx: &Ctx, out_path: &Path, rows: u64, cols: usize, seed: u64, force: bool) -> Result<()> {
+    let pb = ProgressBar::hidden();
+    if !ctx.quiet && std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::stderr());
+        pb.set_length(rows.max(1));
+    }
+    tilestream::synth::generate_with(out_path, rows, cols, seed, force, &|d, _| pb.set_position(d))?;
+    pb.finish_and_clear();
+    Ok(())
+}
+
+fn devices() -> Result<()> {
+    let auto = Device::auto();
+    let mut s = String::new();
+    for (name, what) in Device::survey() {
+        s += &format!("{name:<6} {what}\n");
+    }
+    s += &format!("auto picks: {} (no GPU backend is built into this version)", auto.name());
+    out(&s)
+}
+
+/// One timed query for the demo and bench tables.
+struct Row {
+    name: String,
+    secs: f64,
+    bytes: u64,
+    limit: f64,
+    limit_name: &'static str,
+}
+
+fn table(rows: &[Row], device: &str) -> String {
+    let mut s = format!("{:<34} {:>7} {:>8} {:>9} {:>12} {:>7}\n", "query", "device", "seconds", "GB/s", "limit GB/s", "ratio");
+    for r in rows {
+        let gbs = r.bytes as f64 / r.secs / 1e9;
+        s += &format!("{:<34} {:>7} {:>8.3} {:>9.2} {:>7.2} {:<4} {:>7.2}\n", r.name, device, r.secs, gbs, r.limit / 1e9, r.limit_name, gbs * 1e9 / r.limit);
+    }
+    s
+}
+
+fn temp_dir(tag: &str, base: Option<&Path>) -> Result<PathBuf> {
+    let dir = base.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir).join(format!("tilestream-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Removes a folder when dropped (also on error).
+struct Cleanup(PathBuf);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let t = Instant::now();
+    let v = f()?;
+    Ok((v, t.elapsed().as_secs_f64()))
+}
+
+fn note(ctx: &Ctx, msg: &str) {
+    if !ctx.quiet {
+        eprintln!("{msg}");
+    }
+}
+
+fn demo(ctx: &Ctx, rows: Option<u64>) -> Result<()> {
+    let cols = 8;
+    let rows = rows.unwrap_or((1u64 << 30) / (cols as u64 * 4 + 1));
+    let dir = temp_dir("demo", None)?;
+    let _cleanup = Cleanup(dir.clone());
+    let data = dir.join("demo.safetensors");
+    note(ctx, &format!("generating {rows} rows x {cols} f32 columns + u8 key in {} ...", dir.display()));
+    generate_cmd(ctx, &data, rows, cols, 7, true)?;
+    let ds = Dataset::open(&data)?;
+    let floats: Vec<usize> = (0..cols).map(|j| ds.column_index(&format!("f{j}"))).collect::<tilestream::Result<_>>()?;
+    let _ = tilestream::limits::read_limit(&ds, &floats, 1);
+    let limit = tilestream::limits::read_limit(&ds, &floats, 2);
+    let dev = &ctx.device;
+    let opts = &ctx.opts;
+    let mut rows_out = Vec::new();
+    let bytes = |names: &[&str]| -> u64 { names.iter().filter_map(|n| ds.column_index(n).ok()).map(|c| ds.column_bytes(&[c])).sum() };
+    let all: Vec<String> = (0..cols).map(|j| format!("f{j}")).collect();
+    let all_ref: Vec<&str> = all.iter().map(String::as_str).collect();
+
+    let (r, secs) = timed(|| Ok(ds.lazy().aggregate([all_stats(all.clone())]).collect_with(dev, opts)?))?;
+    rows_out.push(Row { name: "stats, 8 float columns".into(), secs, bytes: bytes(&all_ref), limit, limit_name: "read" });
+    let f3 = r.column("f3").and_then(|s| s.mean).unwrap_or(f64::NAN);
+
+    let filt = parse_expr("f0 > 0 && key < 32")?;
+    let (g, secs) = timed(|| Ok(ds.lazy().filter(filt.clone()).group_by("key").aggregate([all_stats(["f1", "f2"])]).collect_with(dev, opts)?))?;
+    rows_out.push(Row { name: "where f0>0 && key<32, by key".into(), secs, bytes: bytes(&["f0", "f1", "f2", "key"]), limit, limit_name: "read" });
+
+    let (h, secs) = timed(|| Ok(ds.lazy().aggregate([hist("f2", 256)]).collect_with(dev, opts)?))?;
+    rows_out.push(Row { name: "histogram f2, 256 bins (2 passes)".into(), secs, bytes: 2 * bytes(&["f2"]), limit, limit_name: "read" });
+
+    let out_path = dir.join("demo-f16.safetensors");
+    let t = Transform { log1p: Cols::List(vec!["f2".into()]), standardize: Cols::All, fill_nan: Some(0.0), cast: Some(DType::F16), ..Transform::default() };
+    let (w, secs) = timed(|| Ok(ds.lazy().transform(t).sink(&out_path, &SinkOptions { force: true }, dev, opts)?))?;
+    rows_out.push(Row { name: "fit + standardize -> f16, write".into(), secs, bytes: 2 * bytes(&all_ref) + bytes(&["key"]), limit, limit_name: "read" });
+
+    let mut s = format!("tilestream demo: {} rows, {:.2} GB of f32 features, memory budget {} MiB\n\n", ds.rows(), bytes(&all_ref) as f64 / 1e9, opts.memory_budget >> 20);
+    s += &table(&rows_out, &dev.name());
+    s += &format!(
+        "\nmean of f3 (N(10000,1)): {f3:.6}; groups: {}; histogram of f2: {} bins, {} NaN; wrote {} rows to f16\n",
+        g.groups.len(),
+        h.histograms.first().map_or(0, |h| h.counts.len()),
+        h.histograms.first().map_or(0, |h| h.nan),
+        w.1.rows_written
+    );
+    s += "ratio: GB/s of input over the machine's read limit (a SIMD sum of the same bytes on all threads, measured just before)";
+    out(&s)
+}
+
+fn bench(ctx: &Ctx, rows: Option<u64>, dir: Option<&Path>, json: bool) -> Result<()> {
+    let cols = 8;
+    let rows = rows.unwrap_or((2u64 << 30) / (cols as u64 * 4));
+    let dir = temp_dir("bench", dir)?;
+    let _cleanup = Cleanup(dir.clone());
+    let data = dir.join("bench.safetensors");
+    note(ctx, &format!("generating {rows} rows x {cols} f32 columns + u8 key in {} ...", dir.display()));
+    generate_cmd(ctx, &data, rows, cols, 11, true)?;
+    let ds = Dataset::open(&data)?;
+    let idx = |n: &str| ds.column_index(n);
+    let floats: Vec<usize> = (0..cols).map(|j| idx(&format!("f{j}"))).collect::<tilestream::Result<_>>()?;
+    let key = idx("key")?;
+    let all: Vec<String> = (0..cols).map(|j| format!("f{j}")).collect();
+    let dev = &ctx.device;
+    let opts = &ctx.opts;
+    let best = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
+        let mut b = f64::INFINITY;
+        for _ in 0..3 {
+            let (_, s) = timed(f)?;
+            b = b.min(s);
+        }
+        Ok(b)
+    };
+    // Fault everything in once, then measure the limits.
+    let _ = tilestream::limits::read_limit(&ds, &[floats.clone(), vec![key]].concat(), 1);
+    let read = |c: &[usize]| tilestream::limits::read_limit(&ds, c, 3);
+    let mut rows_out = Vec::new();
+
+    let c_all = floats.clone();
+    let secs = best(&|| Ok(ds.lazy().aggregate([all_stats(all.clone())]).collect_with(dev, opts).map(|_| ())?))?;
+    rows_out.push(Row { name: "stats, all float columns".into(), secs, bytes: ds.column_bytes(&c_all), limit: read(&c_all), limit_name: "read" });
+
+    let filt = parse_expr("f0 > 0 && key < 32")?;
+    let secs = best(&|| Ok(ds.lazy().filter(filt.clone()).aggregate([all_stats(all.clone())]).collect_with(dev, opts).map(|_| ())?))?;
+    let c = [floats.clone(), vec![key]].concat();
+    rows_out.push(Row { name: "stats where f0>0 && key<32".into(), secs, bytes: ds.column_bytes(&c), limit: read(&c), limit_name: "read" });
+
+    let secs = best(&|| Ok(ds.lazy().group_by("key").aggregate([all_stats(all.clone())]).collect_with(dev, opts).map(|_| ())?))?;
+    rows_out.push(Row { name: "group-by key (64 keys), all stats".into(), secs, bytes: ds.column_bytes(&c), limit: read(&c), limit_name: "read" });
+
+    let c1 = [idx("f1")?];
+    let secs = best(&|| Ok(ds.lazy().aggregate([hist("f1", 256).range(0.0, 1.0)]).collect_with(dev, opts).map(|_| ())?))?;
+    rows_out.push(Row { name: "histogram f1, 256 bins".into(), secs, bytes: ds.column_bytes(&c1), limit: read(&c1), limit_name: "read" });
+
+    let out_path = dir.join("out.safetensors");
+    let copy = tilestream::limits::copy_limit(&ds, &c, &dir)?;
+    let t = Transform { standardize: Cols::All, cast: Some(DType::F16), ..Transform::default() };
+    let secs = best(&|| Ok(ds.lazy().transform(t.clone()).sink(&out_path, &SinkOptions { force: true }, dev, opts).map(|_| ())?))?;
+    rows_out.push(Row { name: "fit + standardize -> f16, write".into(), secs, bytes: ds.column_bytes(&c), limit: copy, limit_name: "copy" });
+
+    let secs = best(&|| Ok(ds.lazy().filter(parse_expr("f0 > 0")?).transform(Transform::default()).sink(&out_path, &SinkOptions { force: true }, dev, opts).map(|_| ())?))?;
+    rows_out.push(Row { name: "filter f0>0, write all columns".into(), secs, bytes: ds.column_bytes(&c), limit: copy, limit_name: "copy" });
+
+    if json {
+        let v: Vec<Value> = rows_out
+            .iter()
+            .map(|r| json!({"query": r.name, "seconds": r.secs, "gb_per_s": r.bytes as f64 / r.secs / 1e9, "limit_gb_per_s": r.limit / 1e9, "limit": r.limit_name, "ratio": r.bytes as f64 / r.secs / r.limit}))
+            .collect();
+        return out(&json!({"device": dev.name(), "rows": ds.rows(), "threads": rayon::current_num_threads(), "results": v}).to_string());
+    }
+    let mut s = format!(
+        "tilestream bench: {} rows, {:.2} GB of f32 features (+ u8 key), {} threads, device {}\n\n",
+        ds.rows(),
+        ds.column_bytes(&floats) as f64 / 1e9,
+        rayon::current_num_threads(),
+        dev.name()
+    );
+    s += &table(&rows_out, &dev.name());
+    s += "\nread limit: a SIMD sum of the same bytes over the mapping on all threads; copy limit: the same bytes copied to a new file, fsync included.\nGB/s counts the bytes of every column the query reads (fit + transform reads them twice but counts them once).";
+    out(&s)
+}

@@ -1,0 +1,79 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in tilestream. No backend type leaks out of it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O failure on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file whose contents are not a valid dataset.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file involved.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A syntax or type error in an expression, with the byte position in its text.
+    #[error("expression error at position {position}: {message}\n  {text}\n  {caret}^", caret = " ".repeat(*position))]
+    Expr {
+        /// The expression's text (empty when built in code).
+        text: String,
+        /// Byte offset of the problem.
+        position: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A query that does not make sense for the dataset (unknown column, wrong type, ...).
+    #[error("{0}")]
+    Plan(String),
+    /// A device that is not compiled in or not present on this machine.
+    #[error("device {device} is not available: {reason}")]
+    BackendUnavailable {
+        /// The device asked for.
+        device: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// An operation the chosen backend cannot run.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A query with no finite value where one is needed (e.g. a histogram range).
+    #[error("{0}")]
+    NoData(String),
+    /// The run was cancelled (e.g. by SIGINT).
+    #[error("interrupted")]
+    Interrupted,
+    /// A fitted-state file that cannot be used.
+    #[error("{path}: {message}")]
+    Fit {
+        /// The file involved.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+    pub(crate) fn format(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Format { path: path.into(), message: message.into() }
+    }
+    pub(crate) fn plan(message: impl Into<String>) -> Self {
+        Error::Plan(message.into())
+    }
+}

@@ -1,0 +1,150 @@
+//! The streaming driver: walks the dataset in tiles, runs each tile on a backend, merges
+//! the partials in row order and hands output rows to the sink.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::accum::{Accumulator, HistAcc, StatsAcc};
+use crate::backend::{Backend, TileOut};
+use crate::error::{Error, Result};
+use crate::program::FusedProgram;
+use crate::sink::table::TableWriter;
+use crate::source::Dataset;
+
+/// Rows per block: the unit of parallel work and of partial results. Every tile is a whole
+/// number of blocks, so results do not depend on the tile size or the thread count.
+pub const BLOCK_ROWS: u64 = 8192;
+
+/// The most distinct keys a group-by may have.
+pub const MAX_GROUPS: usize = 65_536;
+
+/// A callback told how many rows of a pass are done: `(done, total)`.
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// How a query runs: memory budget, threads, cancellation and progress.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Anonymous memory the run may use for tiles, in bytes (default 256 MiB).
+    pub memory_budget: u64,
+    /// CPU threads (`None`: all cores).
+    pub threads: Option<usize>,
+    /// Set to `true` (e.g. from a SIGINT handler) to stop the run with [`Error::Interrupted`].
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Called after every tile.
+    pub progress: Option<Progress>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { memory_budget: 256 << 20, threads: None, cancel: None, progress: None }
+    }
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions").field("memory_budget", &self.memory_budget).field("threads", &self.threads).finish_non_exhaustive()
+    }
+}
+
+/// What one pass produced, merged.
+#[derive(Debug, Default)]
+pub(crate) struct PassOutput {
+    pub rows_selected: u64,
+    pub stats: Vec<StatsAcc>,
+    pub groups: BTreeMap<i64, (u64, Vec<StatsAcc>)>,
+    pub hists: Vec<HistAcc>,
+    pub out_counts: Vec<(u64, u64)>,
+    pub rows_written: u64,
+    pub tiles: u64,
+    pub tile_rows: u64,
+}
+
+/// Rows per tile for a program under a memory budget: output buffers for a whole tile
+/// must fit, and a tile is a whole number of blocks.
+pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
+    let in_bytes: u64 = prog.inputs.iter().map(|&c| ds.columns()[c].dtype.size() as u64).sum();
+    let out_bytes: u64 = prog.outputs.iter().map(|o| o.dtype.size() as u64).sum();
+    let per_row = (in_bytes + 2 * out_bytes).max(1);
+    (budget / per_row / BLOCK_ROWS).clamp(1, 1 << 20) * BLOCK_ROWS
+}
+
+/// Runs one pass of `prog` over the whole dataset on `backend`.
+pub(crate) fn run<B: Backend>(backend: &B, prog: &FusedProgram, ds: &Dataset, opts: &RunOptions, mut sink: Option<&mut TableWriter>) -> Result<PassOutput> {
+    let prep = backend.prepare(prog, ds)?;
+    let rows = ds.rows();
+    let tile = tile_rows(prog, ds, opts.memory_budget);
+    let mut out = PassOutput {
+        stats: vec![StatsAcc::default(); prog.stats.len()],
+        hists: prog.hists.iter().map(|h| HistAcc::new(h.bins)).collect(),
+        out_counts: vec![(0, 0); prog.outputs.len()],
+        tile_rows: tile,
+        ..PassOutput::default()
+    };
+    let mut tile_out = TileOut::default();
+    if sink.is_some() {
+        tile_out.columns = prog.outputs.iter().map(|o| vec![0u8; (tile.min(rows.max(1))) as usize * o.dtype.size()]).collect();
+    }
+    let mut r0 = 0;
+    if rows > 0 {
+        ds.will_need(&prog.inputs, 0, tile.min(rows));
+    }
+    while r0 < rows {
+        if opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::Interrupted);
+        }
+        let r1 = (r0 + tile).min(rows);
+        if r1 < rows {
+            ds.will_need(&prog.inputs, r1, (r1 + tile).min(rows));
+        }
+        let res = backend.run_tile(&prep, ds, r0..r1, sink.is_some().then_some(&mut tile_out))?;
+        out.tiles += 1;
+        for (h, acc) in out.hists.iter_mut().zip(&res.hists) {
+            h.merge(acc);
+        }
+        let mut packed = 0usize;
+        for (b, part) in res.blocks.iter().enumerate() {
+            out.rows_selected += part.selected;
+            for (acc, bs) in out.stats.iter_mut().zip(&part.stats) {
+                acc.add_block(bs);
+            }
+            for (key, grows, bstats) in &part.groups {
+                let entry = out.groups.entry(*key).or_insert_with(|| (0, vec![StatsAcc::default(); bstats.len()]));
+                entry.0 += grows;
+                for (acc, bs) in entry.1.iter_mut().zip(bstats) {
+                    acc.add_block(bs);
+                }
+            }
+            if out.groups.len() > MAX_GROUPS {
+                return Err(Error::plan(format!("the group-by key has more than {MAX_GROUPS} distinct values")));
+            }
+            for (tot, c) in out.out_counts.iter_mut().zip(&part.out_counts) {
+                tot.0 += c.0;
+                tot.1 += c.1;
+            }
+            if sink.is_some() {
+                let n = part.selected as usize;
+                let from = b * BLOCK_ROWS as usize;
+                if from != packed {
+                    for (col, spec) in tile_out.columns.iter_mut().zip(&prog.outputs) {
+                        let sz = spec.dtype.size();
+                        col.copy_within(from * sz..(from + n) * sz, packed * sz);
+                    }
+                }
+                packed += n;
+            }
+        }
+        if let Some(sink) = sink.as_deref_mut() {
+            let cols: Vec<&[u8]> = tile_out.columns.iter().zip(&prog.outputs).map(|(c, o)| &c[..packed * o.dtype.size()]).collect();
+            sink.write_tile(packed, &cols)?;
+            out.rows_written += packed as u64;
+        }
+        ds.done_with(&prog.inputs, r0, r1);
+        if let Some(p) = &opts.progress {
+            p(r1, rows);
+        }
+        r0 = r1;
+    }
+    ds.check_unchanged()?;
+    Ok(out)
+}

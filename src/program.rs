@@ -1,0 +1,443 @@
+//! Lowering a plan to a [`FusedProgram`]: one SSA program per query that loads only the
+//! referenced columns, ANDs every filter into one mask, and feeds every aggregate and
+//! output column in the same pass.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::expr::{BinOp, Expr, ExprKind, Func, Literal};
+use crate::ops::{Cmp, Op, VType};
+use crate::source::Dataset;
+
+/// Index of a register (the result of `instrs[reg]`).
+pub type Reg = usize;
+
+/// A constant value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    /// f32 constant.
+    F(f32),
+    /// integer constant.
+    I(i64),
+    /// boolean constant.
+    B(bool),
+}
+
+/// One SSA instruction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Instr {
+    /// Load input slot `slot` converted to `ty` (floats to f32, integers to i64, bool).
+    Load {
+        /// Input slot.
+        slot: usize,
+        /// Register type to convert to.
+        ty: VType,
+    },
+    /// A constant.
+    Const(Value),
+    /// An op over earlier registers (`args[..arity]`).
+    Op {
+        /// The operation.
+        op: Op,
+        /// Argument registers (the first `arity` are used).
+        args: [Reg; 3],
+    },
+}
+
+/// What an aggregate or output reads: a raw input column, or a computed f32 register.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Source {
+    /// Input slot, read in its own dtype (integers keep exact min/max).
+    Slot(usize),
+    /// A register (f32, i64 or bool).
+    Reg(Reg),
+}
+
+/// A histogram aggregate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HistSpec {
+    /// What to bin.
+    pub source: Source,
+    /// Lower edge.
+    pub lo: f64,
+    /// Upper edge.
+    pub hi: f64,
+    /// Number of bins (≥ 1).
+    pub bins: u32,
+}
+
+/// A fitted scaling applied in f64 before the cast.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scale {
+    /// (x - mean) / std; a zero std gives 0.
+    Standardize {
+        /// Fitted mean.
+        mean: f64,
+        /// Fitted population standard deviation.
+        std: f64,
+    },
+    /// (x - min) / (max - min); max == min gives 0.
+    MinMax {
+        /// Fitted minimum.
+        min: f64,
+        /// Fitted maximum.
+        max: f64,
+    },
+}
+
+/// One output column of a transform.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutSpec {
+    /// Output name.
+    pub name: String,
+    /// Where its values come from.
+    pub source: Source,
+    /// Optional fitted scaling.
+    pub scale: Option<Scale>,
+    /// Replace NaN by this value (float outputs only).
+    pub fill_nan: Option<f64>,
+    /// Output dtype.
+    pub dtype: DType,
+}
+
+/// The fused program of one query.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FusedProgram {
+    /// Dataset column index of each input slot.
+    pub inputs: Vec<usize>,
+    /// SSA instructions; register i holds instrs[i]'s result.
+    pub instrs: Vec<Instr>,
+    /// The AND of every filter, if any.
+    pub mask: Option<Reg>,
+    /// Input slot of the group-by key.
+    pub key: Option<usize>,
+    /// Stats aggregates (per group when `key` is set).
+    pub stats: Vec<Source>,
+    /// Histogram aggregates.
+    pub hists: Vec<HistSpec>,
+    /// Output columns (a transform).
+    pub outputs: Vec<OutSpec>,
+}
+
+impl FusedProgram {
+    /// Type of a register.
+    pub fn reg_type(&self, r: Reg) -> VType {
+        match &self.instrs[r] {
+            Instr::Load { ty, .. } => *ty,
+            Instr::Const(Value::F(_)) => VType::F32,
+            Instr::Const(Value::I(_)) => VType::Int,
+            Instr::Const(Value::B(_)) => VType::Bool,
+            Instr::Op { op, .. } => op.signature().1,
+        }
+    }
+
+    /// A text form of the program, used by `explain()` and as the cache key of compiled kernels.
+    pub fn describe(&self, ds: &Dataset) -> String {
+        let mut s = String::new();
+        for (i, &c) in self.inputs.iter().enumerate() {
+            let col = &ds.columns()[c];
+            let _ = writeln!(s, "  in{i} = column `{}` ({}, stride {} B)", col.name, col.dtype, col.stride);
+        }
+        for (r, ins) in self.instrs.iter().enumerate() {
+            let _ = match ins {
+                Instr::Load { slot, ty } => writeln!(s, "  r{r}: {ty:?} = load in{slot}"),
+                Instr::Const(v) => writeln!(s, "  r{r}: {:?} = const {v:?}", self.reg_type(r)),
+                Instr::Op { op, args } => {
+                    let n = op.signature().0.len();
+                    let a: Vec<String> = args[..n].iter().map(|a| format!("r{a}")).collect();
+                    writeln!(s, "  r{r}: {:?} = {op:?}({})", self.reg_type(r), a.join(", "))
+                }
+            };
+        }
+        if let Some(m) = self.mask {
+            let _ = writeln!(s, "  mask = r{m}");
+        }
+        if let Some(k) = self.key {
+            let _ = writeln!(s, "  group by in{k}");
+        }
+        for st in &self.stats {
+            let _ = writeln!(s, "  stats({})", source_text(st));
+        }
+        for h in &self.hists {
+            let _ = writeln!(s, "  hist({}, lo={}, hi={}, bins={})", source_text(&h.source), h.lo, h.hi, h.bins);
+        }
+        for o in &self.outputs {
+            let _ = writeln!(
+                s,
+                "  out `{}` = {} scale={:?} fill_nan={:?} as {}",
+                o.name,
+                source_text(&o.source),
+                o.scale,
+                o.fill_nan,
+                o.dtype
+            );
+        }
+        s
+    }
+}
+
+fn source_text(s: &Source) -> String {
+    match s {
+        Source::Slot(i) => format!("in{i}"),
+        Source::Reg(r) => format!("r{r}"),
+    }
+}
+
+/// Builds a [`FusedProgram`] from typed expressions, sharing loads and constants.
+pub struct Builder<'a> {
+    ds: &'a Dataset,
+    /// The program being built.
+    pub prog: FusedProgram,
+    slots: HashMap<usize, usize>,
+    loads: HashMap<(usize, VType), Reg>,
+    /// Columns defined by `with` expressions, visible to later expressions.
+    named: HashMap<String, Reg>,
+}
+
+impl<'a> Builder<'a> {
+    /// A builder over a dataset.
+    pub fn new(ds: &'a Dataset) -> Builder<'a> {
+        Builder { ds, prog: FusedProgram::default(), slots: HashMap::new(), loads: HashMap::new(), named: HashMap::new() }
+    }
+
+    /// The input slot of a dataset column (added on first use).
+    pub fn slot(&mut self, col: usize) -> usize {
+        *self.slots.entry(col).or_insert_with(|| {
+            self.prog.inputs.push(col);
+            self.prog.inputs.len() - 1
+        })
+    }
+
+    /// The input slot of a column by name.
+    pub fn slot_by_name(&mut self, name: &str) -> Result<usize> {
+        let c = self.ds.column_index(name)?;
+        Ok(self.slot(c))
+    }
+
+    fn push(&mut self, ins: Instr) -> Reg {
+        if let Instr::Const(v) = &ins
+            && let Some(r) = self.prog.instrs.iter().position(|i| matches!(i, Instr::Const(w) if w == v && !is_nan_value(v)))
+        {
+            return r;
+        }
+        self.prog.instrs.push(ins);
+        self.prog.instrs.len() - 1
+    }
+
+    /// A constant register.
+    pub fn constant(&mut self, v: Value) -> Reg {
+        self.push(Instr::Const(v))
+    }
+
+    fn op(&mut self, op: Op, args: &[Reg]) -> Reg {
+        let mut a = [0; 3];
+        a[..args.len()].copy_from_slice(args);
+        self.push(Instr::Op { op, args: a })
+    }
+
+    /// Makes `name` refer to register `r` in later expressions (a `with` column).
+    pub fn define(&mut self, name: &str, r: Reg) {
+        self.named.insert(name.to_string(), r);
+    }
+
+    /// Loads a dataset column in its natural register type.
+    pub fn load_column(&mut self, col: usize) -> Reg {
+        let ty = match self.ds.columns()[col].dtype {
+            d if d.is_float() => VType::F32,
+            DType::Bool => VType::Bool,
+            _ => VType::Int,
+        };
+        let slot = self.slot(col);
+        if let Some(&r) = self.loads.get(&(slot, ty)) {
+            return r;
+        }
+        let r = self.push(Instr::Load { slot, ty });
+        self.loads.insert((slot, ty), r);
+        r
+    }
+
+    /// Converts a numeric register to f32.
+    pub fn to_f32(&mut self, r: Reg, e: &Expr) -> Result<Reg> {
+        match self.prog.reg_type(r) {
+            VType::F32 => Ok(r),
+            VType::Int => Ok(self.op(Op::IntToF, &[r])),
+            VType::Bool => Err(e.error("expected a number, found a boolean")),
+        }
+    }
+
+    /// An f32 op on registers converted to f32.
+    pub fn float_op(&mut self, op: Op, args: &[Reg], e: &Expr) -> Result<Reg> {
+        let mut a = Vec::with_capacity(args.len());
+        for &r in args {
+            a.push(self.to_f32(r, e)?);
+        }
+        Ok(self.op(op, &a))
+    }
+
+    /// Lowers a typed expression; returns its register.
+    pub fn expr(&mut self, e: &Expr) -> Result<Reg> {
+        match &e.kind {
+            ExprKind::Col(name) => {
+                if let Some(&r) = self.named.get(name) {
+                    return Ok(r);
+                }
+                let c = self.ds.column_index(name).map_err(|err| e.error(err.to_string()))?;
+                Ok(self.load_column(c))
+            }
+            ExprKind::Lit(Literal::Float(v)) => Ok(self.constant(Value::F(*v as f32))),
+            ExprKind::Lit(Literal::Int(v)) => Ok(self.constant(Value::I(*v))),
+            ExprKind::Lit(Literal::Bool(v)) => Ok(self.constant(Value::B(*v))),
+            ExprKind::Neg(a) => {
+                let r = self.expr(a)?;
+                self.float_op(Op::Neg, &[r], a)
+            }
+            ExprKind::Not(a) => {
+                let r = self.expr(a)?;
+                self.expect_bool(r, a, "`!` needs a boolean")?;
+                Ok(self.op(Op::Not, &[r]))
+            }
+            ExprKind::Binary(op, a, b) => self.binary(*op, a, b, e),
+            ExprKind::Call(f, args) => {
+                if args.len() != f.arity() {
+                    return Err(e.error(format!("{} takes {} arguments, got {}", f.name(), f.arity(), args.len())));
+                }
+                let mut regs = Vec::with_capacity(args.len());
+                for a in args {
+                    let r = self.expr(a)?;
+                    if self.prog.reg_type(r) == VType::Bool {
+                        return Err(a.error(format!("{} needs a number, found a boolean", f.name())));
+                    }
+                    regs.push(r);
+                }
+                let op = match f {
+                    Func::Abs => Op::Abs,
+                    Func::Sqrt => Op::Sqrt,
+                    Func::Exp => Op::Exp,
+                    Func::Log => Op::Log,
+                    Func::Log1p => Op::Log1p,
+                    Func::IsNan => Op::IsNan,
+                    Func::IsInf => Op::IsInf,
+                    Func::IsFinite => Op::IsFinite,
+                    Func::Min => Op::Min,
+                    Func::Max => Op::Max,
+                    Func::Clip => Op::Clip,
+                };
+                self.float_op(op, &regs, e)
+            }
+        }
+    }
+
+    fn expect_bool(&self, r: Reg, e: &Expr, msg: &str) -> Result<()> {
+        if self.prog.reg_type(r) == VType::Bool { Ok(()) } else { Err(e.error(msg)) }
+    }
+
+    fn binary(&mut self, op: BinOp, a: &Expr, b: &Expr, e: &Expr) -> Result<Reg> {
+        if matches!(op, BinOp::And | BinOp::Or) {
+            let (ra, rb) = (self.expr(a)?, self.expr(b)?);
+            self.expect_bool(ra, a, "`&&`/`||` need booleans on both sides")?;
+            self.expect_bool(rb, b, "`&&`/`||` need booleans on both sides")?;
+            return Ok(self.op(if op == BinOp::And { Op::And } else { Op::Or }, &[ra, rb]));
+        }
+        if !op.is_comparison() {
+            let (ra, rb) = (self.expr(a)?, self.expr(b)?);
+            let o = match op {
+                BinOp::Add => Op::Add,
+                BinOp::Sub => Op::Sub,
+                BinOp::Mul => Op::Mul,
+                _ => Op::Div,
+            };
+            return self.float_op(o, &[ra, rb], e);
+        }
+        let cmp = match op {
+            BinOp::Lt => Cmp::Lt,
+            BinOp::Le => Cmp::Le,
+            BinOp::Gt => Cmp::Gt,
+            BinOp::Ge => Cmp::Ge,
+            BinOp::Eq => Cmp::Eq,
+            _ => Cmp::Ne,
+        };
+        let (ra, rb) = (self.expr(a)?, self.expr(b)?);
+        let (ta, tb) = (self.prog.reg_type(ra), self.prog.reg_type(rb));
+        match (ta, tb) {
+            (VType::Int, VType::Int) => Ok(self.op(Op::CmpI(cmp), &[ra, rb])),
+            (VType::Bool, VType::Bool) if matches!(cmp, Cmp::Eq | Cmp::Ne) => {
+                let (ia, ib) = (self.op(Op::BoolToI, &[ra]), self.op(Op::BoolToI, &[rb]));
+                Ok(self.op(Op::CmpI(cmp), &[ia, ib]))
+            }
+            (VType::Bool, _) | (_, VType::Bool) => Err(e.error("cannot compare a boolean with a number")),
+            (VType::Int, VType::F32) if is_float_literal(b).is_some() => {
+                Ok(self.int_vs_real(ra, cmp, is_float_literal(b).unwrap_or(0.0)))
+            }
+            (VType::F32, VType::Int) if is_float_literal(a).is_some() => {
+                Ok(self.int_vs_real(rb, flip(cmp), is_float_literal(a).unwrap_or(0.0)))
+            }
+            _ => self.float_op(Op::CmpF(cmp), &[ra, rb], e),
+        }
+    }
+
+    /// `x cmp c` for an integer register and a real literal, exactly, as an integer comparison.
+    fn int_vs_real(&mut self, x: Reg, cmp: Cmp, c: f64) -> Reg {
+        if c.is_nan() {
+            return self.constant(Value::B(false));
+        }
+        const TWO63: f64 = 9_223_372_036_854_775_808.0;
+        // `x < k` etc. with k an integer that may fall outside i64.
+        let (cmp, k) = match cmp {
+            Cmp::Lt => (Cmp::Lt, c.ceil()),
+            Cmp::Ge => (Cmp::Ge, c.ceil()),
+            Cmp::Le => (Cmp::Le, c.floor()),
+            Cmp::Gt => (Cmp::Gt, c.floor()),
+            Cmp::Eq | Cmp::Ne => {
+                let integral = c.fract() == 0.0 && c >= -TWO63 && c < TWO63;
+                if !integral {
+                    return self.constant(Value::B(cmp == Cmp::Ne));
+                }
+                (cmp, c)
+            }
+        };
+        if k >= TWO63 {
+            return self.constant(Value::B(matches!(cmp, Cmp::Lt | Cmp::Le)));
+        }
+        if k < -TWO63 {
+            return self.constant(Value::B(matches!(cmp, Cmp::Gt | Cmp::Ge)));
+        }
+        let kr = self.constant(Value::I(k as i64));
+        self.op(Op::CmpI(cmp), &[x, kr])
+    }
+
+    /// Adds a filter: ANDs it into the mask.
+    pub fn filter(&mut self, e: &Expr) -> Result<()> {
+        let r = self.expr(e)?;
+        self.expect_bool(r, e, "a filter must be a boolean expression (e.g. `x > 0`)")?;
+        self.prog.mask = Some(match self.prog.mask {
+            None => r,
+            Some(m) => self.op(Op::And, &[m, r]),
+        });
+        Ok(())
+    }
+}
+
+fn is_nan_value(v: &Value) -> bool {
+    matches!(v, Value::F(f) if f.is_nan())
+}
+
+fn flip(c: Cmp) -> Cmp {
+    match c {
+        Cmp::Lt => Cmp::Gt,
+        Cmp::Le => Cmp::Ge,
+        Cmp::Gt => Cmp::Lt,
+        Cmp::Ge => Cmp::Le,
+        c => c,
+    }
+}
+
+/// The value of a float literal, also under unary minus.
+fn is_float_literal(e: &Expr) -> Option<f64> {
+    match &e.kind {
+        ExprKind::Lit(Literal::Float(v)) => Some(*v),
+        ExprKind::Neg(inner) => is_float_literal(inner).map(|v| -v),
+        _ => None,
+    }
+}

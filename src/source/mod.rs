@@ -1,0 +1,272 @@
+//! Memory-mapped datasets: files opened, validated and exposed as named columns.
+
+pub mod npy;
+pub mod parsed;
+pub mod raw;
+pub mod safetensors;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use memmap2::{Advice, Mmap, UncheckedAdvice};
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use parsed::{ParsedFile, TensorInfo};
+
+/// How to read a file: by its extension, or as raw row-major binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// Decide from the extension: `.safetensors` or `.npy`.
+    Auto,
+    /// A headerless row-major file of `cols` columns of one dtype.
+    Raw {
+        /// Element type.
+        dtype: DType,
+        /// Columns per row.
+        cols: u64,
+    },
+}
+
+/// One mapped file of a dataset.
+#[derive(Debug)]
+pub struct MappedFile {
+    path: PathBuf,
+    map: Option<Mmap>,
+    len: u64,
+    modified: Option<SystemTime>,
+    parsed: ParsedFile,
+}
+
+impl MappedFile {
+    /// The file's path as given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// The file's size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    /// True for an empty file (never the case for an opened dataset file).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// `"safetensors"`, `"npy"` or `"raw"`.
+    pub fn format(&self) -> &'static str {
+        self.parsed.format
+    }
+    /// The file's tensors as its header describes them.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.parsed.tensors
+    }
+    fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}
+
+/// One column of a dataset: where its values are and what type they have.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    /// Unique name within the dataset.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Index of the file that holds it.
+    pub file: usize,
+    /// Byte offset of row 0 in that file.
+    pub offset: u64,
+    /// Bytes between consecutive rows.
+    pub stride: u64,
+}
+
+impl Column {
+    /// True when the values are packed one after another.
+    pub fn is_contiguous(&self) -> bool {
+        self.stride == self.dtype.size() as u64
+    }
+}
+
+/// A dataset: named columns of one row count, backed by memory-mapped files.
+///
+/// `Dataset` is `Send + Sync`; queries borrow it and can run from several threads.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    files: Arc<Vec<MappedFile>>,
+    columns: Vec<Column>,
+    rows: u64,
+}
+
+impl Dataset {
+    /// Opens one `.safetensors` or `.npy` file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Dataset> {
+        Dataset::open_many(&[path.as_ref()], FileKind::Auto)
+    }
+
+    /// Opens several files of one row count as one dataset, side by side.
+    /// Column names must be unique across the files.
+    pub fn open_many<P: AsRef<Path>>(paths: &[P], kind: FileKind) -> Result<Dataset> {
+        if paths.is_empty() {
+            return Err(Error::plan("no input file given"));
+        }
+        let mut files = Vec::with_capacity(paths.len());
+        for p in paths {
+            files.push(map_file(p.as_ref(), kind)?);
+        }
+        let rows = files[0].parsed.rows;
+        let mut columns = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, f) in files.iter().enumerate() {
+            if f.parsed.rows != rows && !f.parsed.columns.is_empty() {
+                return Err(Error::format(
+                    &f.path,
+                    format!("has {} rows but {} has {rows}: files side by side need one row count", f.parsed.rows, files[0].path.display()),
+                ));
+            }
+            for c in &f.parsed.columns {
+                if !seen.insert(c.name.clone()) {
+                    return Err(Error::format(&f.path, format!("column `{}` appears twice in the dataset", c.name)));
+                }
+                columns.push(Column { name: c.name.clone(), dtype: c.dtype, file: i, offset: c.offset, stride: c.stride });
+            }
+        }
+        let rows = if columns.is_empty() { 0 } else { rows };
+        Ok(Dataset { files: Arc::new(files), columns, rows })
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// The columns in file order.
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    /// The mapped files in the order given.
+    pub fn files(&self) -> &[MappedFile] {
+        &self.files
+    }
+
+    /// Looks a column up by name.
+    pub fn column(&self, name: &str) -> Result<&Column> {
+        self.column_index(name).map(|i| &self.columns[i])
+    }
+
+    /// Index of a column by name, or an error listing the columns.
+    pub fn column_index(&self, name: &str) -> Result<usize> {
+        self.columns.iter().position(|c| c.name == name).ok_or_else(|| {
+            let mut names: Vec<&str> = self.columns.iter().take(20).map(|c| c.name.as_str()).collect();
+            if self.columns.len() > 20 {
+                names.push("...");
+            }
+            Error::plan(format!("unknown column `{name}` (columns: {})", names.join(", ")))
+        })
+    }
+
+    /// Total bytes of the values of the given columns.
+    pub fn column_bytes(&self, columns: &[usize]) -> u64 {
+        columns.iter().map(|&c| self.columns[c].dtype.size() as u64 * self.rows).sum()
+    }
+
+    /// Bytes of column `c` for rows `[r0, r1)`: from row r0's value to the end of row r1-1's.
+    pub(crate) fn column_span(&self, c: usize, r0: u64, r1: u64) -> &[u8] {
+        let col = &self.columns[c];
+        let bytes = self.files[col.file].bytes();
+        if r1 <= r0 {
+            return &[];
+        }
+        // The parsers checked that every row of every column lies inside the file.
+        let start = (col.offset + r0 * col.stride) as usize;
+        let end = (col.offset + (r1 - 1) * col.stride) as usize + col.dtype.size();
+        &bytes[start..end]
+    }
+
+    /// Hints the kernel to read rows `[r0, r1)` of the columns ahead of use.
+    pub(crate) fn will_need(&self, columns: &[usize], r0: u64, r1: u64) {
+        for &c in columns {
+            self.advise(c, r0, r1, |m, off, len| {
+                let _ = m.advise_range(Advice::WillNeed, off, len);
+            });
+        }
+    }
+
+    /// Releases the mapped pages of rows `[r0, r1)` (they stay in the page cache), so
+    /// that resident memory does not grow with the file.
+    pub(crate) fn done_with(&self, columns: &[usize], r0: u64, r1: u64) {
+        for &c in columns {
+            self.advise(c, r0, r1, |m, off, len| {
+                // SAFETY: the mapping is read-only and shared; DONTNEED only drops our page
+                // table entries, and later reads fault the same file pages back in.
+                let _ = unsafe { m.unchecked_advise_range(UncheckedAdvice::DontNeed, off, len) };
+            });
+        }
+    }
+
+    fn advise(&self, c: usize, r0: u64, r1: u64, f: impl Fn(&Mmap, usize, usize)) {
+        let col = &self.columns[c];
+        let Some(map) = self.files[col.file].map.as_ref() else { return };
+        if r1 <= r0 {
+            return;
+        }
+        const PAGE: usize = 4096;
+        let start = (col.offset + r0 * col.stride) as usize;
+        let end = ((col.offset + (r1 - 1) * col.stride) as usize + col.dtype.size()).min(map.len());
+        let start_page = start / PAGE * PAGE;
+        let end_page = end.div_ceil(PAGE) * PAGE;
+        f(map, start_page, end_page.min(map.len()) - start_page);
+    }
+
+    /// Checks that no input file changed size or modification time since it was opened.
+    pub fn check_unchanged(&self) -> Result<()> {
+        for f in self.files.iter() {
+            let meta = std::fs::metadata(&f.path).map_err(|e| Error::io(&f.path, e))?;
+            if meta.len() != f.len || meta.modified().ok() != f.modified {
+                return Err(Error::format(&f.path, "the file changed while it was being read; results would be wrong"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn map_file(path: &Path, kind: FileKind) -> Result<MappedFile> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::format(path, "not a regular file"));
+    }
+    let len = meta.len();
+    let map = if len == 0 {
+        None
+    } else {
+        // SAFETY: the mapping is read-only. A file truncated by another process while
+        // mapped would fault on access; `check_unchanged` reports changes after a run.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let _ = map.advise(Advice::Sequential);
+        Some(map)
+    };
+    let bytes = map.as_deref().unwrap_or(&[]);
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let parsed = match kind {
+        FileKind::Raw { dtype, cols } => raw::parse_raw(path, &stem, len, dtype, cols)?,
+        FileKind::Auto => {
+            if len == 0 {
+                return Err(Error::format(path, "empty file"));
+            }
+            match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+                Some("safetensors") => safetensors::parse_safetensors(path, bytes)?,
+                Some("npy") => npy::parse_npy(path, &stem, bytes)?,
+                _ if bytes.starts_with(b"\x93NUMPY") => npy::parse_npy(path, &stem, bytes)?,
+                _ => {
+                    return Err(Error::format(
+                        path,
+                        "unknown format: expected a .safetensors or .npy file (use --raw DTYPE:COLS for headerless binary)",
+                    ));
+                }
+            }
+        }
+    };
+    Ok(MappedFile { path: path.to_path_buf(), map, len, modified: meta.modified().ok(), parsed })
+}
