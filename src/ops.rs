@@ -105,11 +105,23 @@ pub(crate) mod cpu {
 
     #[inline(always)]
     fn nan_min(a: f32, b: f32) -> f32 {
-        if a.is_nan() || b.is_nan() { f32::NAN } else if b < a { b } else { a }
+        if a.is_nan() || b.is_nan() {
+            f32::NAN
+        } else if b < a {
+            b
+        } else {
+            a
+        }
     }
     #[inline(always)]
     fn nan_max(a: f32, b: f32) -> f32 {
-        if a.is_nan() || b.is_nan() { f32::NAN } else if b > a { b } else { a }
+        if a.is_nan() || b.is_nan() {
+            f32::NAN
+        } else if b > a {
+            b
+        } else {
+            a
+        }
     }
     #[inline(always)]
     fn cmp_f(c: Cmp, a: f32, b: f32) -> bool {
@@ -119,7 +131,7 @@ pub(crate) mod cpu {
             Cmp::Gt => a > b,
             Cmp::Ge => a >= b,
             Cmp::Eq => a == b,
-            Cmp::Ne => a < b || a > b,
+            Cmp::Ne => (a != b) & !a.is_nan() & !b.is_nan(),
         }
     }
     #[inline(always)]
@@ -183,6 +195,13 @@ pub(crate) mod cpu {
         let n = a.len();
         let (b, out) = (&b[..n], &mut out[..n]);
         (0..n).for_each(|i| out[i] = cmp_f(c, a[i], b[i]) as u8);
+    }
+
+    /// Float comparison with a constant into 0/1 bytes.
+    #[inline(always)]
+    pub fn compare_f_const(c: Cmp, a: &[f32], k: f32, out: &mut [u8]) {
+        let out = &mut out[..a.len()];
+        (0..a.len()).for_each(|i| out[i] = cmp_f(c, a[i], k) as u8);
     }
 
     /// Integer comparison into 0/1 bytes.

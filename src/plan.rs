@@ -157,6 +157,11 @@ impl GroupBy {
     }
 }
 
+/// A histogram asked for: column, bins, range if given.
+type HistRequest = (String, u32, Option<(f64, f64)>);
+/// A histogram with its range known.
+type HistFixed = (String, u32, (f64, f64));
+
 /// An aggregate query, ready to run.
 #[derive(Debug, Clone)]
 pub struct AggregateQuery {
@@ -236,7 +241,13 @@ impl Expr {
 }
 
 /// Runs one pass on a device.
-pub(crate) fn run_pass(device: &Device, prog: &FusedProgram, ds: &Dataset, opts: &RunOptions, sink: Option<&mut TableWriter>) -> Result<PassOutput> {
+pub(crate) fn run_pass(
+    device: &Device,
+    prog: &FusedProgram,
+    ds: &Dataset,
+    opts: &RunOptions,
+    sink: Option<&mut TableWriter>,
+) -> Result<PassOutput> {
     match device {
         Device::Cpu => exec::run(&Cpu::new(opts.threads)?, prog, ds, opts, sink),
     }
@@ -257,7 +268,7 @@ impl AggregateQuery {
     }
 
     /// The stats columns and histogram specs, resolved.
-    fn resolve(&self) -> Result<(Vec<String>, Vec<(String, u32, Option<(f64, f64)>)>)> {
+    fn resolve(&self) -> Result<(Vec<String>, Vec<HistRequest>)> {
         let mut stats = Vec::new();
         let mut hists = Vec::new();
         for a in &self.aggs {
@@ -311,11 +322,12 @@ impl AggregateQuery {
     }
 
     /// Histogram ranges: given, or the finite min/max of the selected values (first pass).
-    fn hist_ranges(&self, hists: &[(String, u32, Option<(f64, f64)>)], device: &Device, opts: &RunOptions, report: &mut RunReport) -> Result<Vec<(String, u32, (f64, f64))>> {
+    fn hist_ranges(&self, hists: &[HistRequest], device: &Device, opts: &RunOptions, report: &mut RunReport) -> Result<Vec<HistFixed>> {
         let missing: Vec<String> = hists.iter().filter(|h| h.2.is_none()).map(|h| h.0.clone()).collect();
         let mut found = Vec::new();
         if !missing.is_empty() {
             let mut b = self.lf.builder()?;
+            b.prog.finite_range = true;
             for name in &missing {
                 let (src, _) = self.lf.source_of(&mut b, name)?;
                 b.prog.stats.push(src);
@@ -323,14 +335,18 @@ impl AggregateQuery {
             let out = run_pass(device, &b.prog, &self.lf.ds, opts, None)?;
             account(report, device, &b.prog, &self.lf.ds, &out);
             for (name, acc) in missing.iter().zip(&out.stats) {
-                let r = acc.finite_range().ok_or_else(|| Error::NoData(format!("column `{name}` has no finite value to set a histogram range")))?;
+                let r = acc
+                    .finite_range()
+                    .ok_or_else(|| Error::NoData(format!("column `{name}` has no finite value to set a histogram range")))?;
                 found.push(r);
             }
         }
         let mut found = found.into_iter();
         hists
             .iter()
-            .map(|(c, bins, r)| Ok((c.clone(), *bins, r.or_else(|| found.next()).ok_or_else(|| Error::plan("internal: missing histogram range"))?)))
+            .map(|(c, bins, r)| {
+                Ok((c.clone(), *bins, r.or_else(|| found.next()).ok_or_else(|| Error::plan("internal: missing histogram range"))?))
+            })
             .collect()
     }
 
@@ -389,7 +405,11 @@ fn explain_program(prog: &FusedProgram, ds: &Dataset) -> String {
         ds.columns().len(),
         tile,
         exec::BLOCK_ROWS,
-        if prog.key.is_some() { "per-block dense key slots (direct table for 8/16-bit keys, hash map otherwise), merged in block order" } else { "none" },
+        if prog.key.is_some() {
+            "per-block dense key slots (direct table for 8/16-bit keys, hash map otherwise), merged in block order"
+        } else {
+            "none"
+        },
         prog.describe(ds)
     )
 }
@@ -701,11 +721,7 @@ fn write_program(lf: &LazyFrame, fit: &Fit) -> Result<(FusedProgram, LazyFrame)>
         let (dtype, float) = match src {
             Source::Slot(s) => {
                 let d = lf.ds.columns()[b.prog.inputs[s]].dtype;
-                if scale.is_some() {
-                    (DType::F32, true)
-                } else {
-                    (d, d.is_float())
-                }
+                if scale.is_some() { (DType::F32, true) } else { (d, d.is_float()) }
             }
             Source::Reg(r) => match b.prog.reg_type(r) {
                 VType::F32 => (DType::F32, true),
@@ -719,7 +735,15 @@ fn write_program(lf: &LazyFrame, fit: &Fit) -> Result<(FusedProgram, LazyFrame)>
     Ok((b.prog, lf))
 }
 
-fn write(lf: &LazyFrame, fit: &Fit, path: &Path, sink: &SinkOptions, device: &Device, opts: &RunOptions, mut report: RunReport) -> Result<SinkReport> {
+fn write(
+    lf: &LazyFrame,
+    fit: &Fit,
+    path: &Path,
+    sink: &SinkOptions,
+    device: &Device,
+    opts: &RunOptions,
+    mut report: RunReport,
+) -> Result<SinkReport> {
     let (prog, lf) = write_program(lf, fit)?;
     for f in lf.ds.files() {
         if same_file(f.path(), path) {

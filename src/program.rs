@@ -115,6 +115,8 @@ pub struct FusedProgram {
     pub key: Option<usize>,
     /// Stats aggregates (per group when `key` is set).
     pub stats: Vec<Source>,
+    /// Whether stats must also track the finite min/max (histogram ranges).
+    pub finite_range: bool,
     /// Histogram aggregates.
     pub hists: Vec<HistSpec>,
     /// Output columns (a transform).
@@ -164,15 +166,8 @@ impl FusedProgram {
             let _ = writeln!(s, "  hist({}, lo={}, hi={}, bins={})", source_text(&h.source), h.lo, h.hi, h.bins);
         }
         for o in &self.outputs {
-            let _ = writeln!(
-                s,
-                "  out `{}` = {} scale={:?} fill_nan={:?} as {}",
-                o.name,
-                source_text(&o.source),
-                o.scale,
-                o.fill_nan,
-                o.dtype
-            );
+            let _ =
+                writeln!(s, "  out `{}` = {} scale={:?} fill_nan={:?} as {}", o.name, source_text(&o.source), o.scale, o.fill_nan, o.dtype);
         }
         s
     }
@@ -341,7 +336,10 @@ impl<'a> Builder<'a> {
             return Ok(self.op(if op == BinOp::And { Op::And } else { Op::Or }, &[ra, rb]));
         }
         if !op.is_comparison() {
-            let (ra, rb) = (self.expr(a)?, self.expr(b)?);
+            let ra = self.expr(a)?;
+            let ra = self.to_f32(ra, a)?;
+            let rb = self.expr(b)?;
+            let rb = self.to_f32(rb, b)?;
             let o = match op {
                 BinOp::Add => Op::Add,
                 BinOp::Sub => Op::Sub,
@@ -367,9 +365,7 @@ impl<'a> Builder<'a> {
                 Ok(self.op(Op::CmpI(cmp), &[ia, ib]))
             }
             (VType::Bool, _) | (_, VType::Bool) => Err(e.error("cannot compare a boolean with a number")),
-            (VType::Int, VType::F32) if is_float_literal(b).is_some() => {
-                Ok(self.int_vs_real(ra, cmp, is_float_literal(b).unwrap_or(0.0)))
-            }
+            (VType::Int, VType::F32) if is_float_literal(b).is_some() => Ok(self.int_vs_real(ra, cmp, is_float_literal(b).unwrap_or(0.0))),
             (VType::F32, VType::Int) if is_float_literal(a).is_some() => {
                 Ok(self.int_vs_real(rb, flip(cmp), is_float_literal(a).unwrap_or(0.0)))
             }
@@ -390,7 +386,7 @@ impl<'a> Builder<'a> {
             Cmp::Le => (Cmp::Le, c.floor()),
             Cmp::Gt => (Cmp::Gt, c.floor()),
             Cmp::Eq | Cmp::Ne => {
-                let integral = c.fract() == 0.0 && c >= -TWO63 && c < TWO63;
+                let integral = c.fract() == 0.0 && (-TWO63..TWO63).contains(&c);
                 if !integral {
                     return self.constant(Value::B(cmp == Cmp::Ne));
                 }

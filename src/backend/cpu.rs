@@ -10,11 +10,11 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::{Backend, BlockPartial, TileOut, TileResult};
-use crate::accum::{Accumulator, BlockStats, HistAcc, Outside, bin_of, bin_scale};
+use crate::accum::{Accumulator, BlockStats, HistAcc, bin_scale};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::exec::BLOCK_ROWS;
-use crate::ops::{Op, VType, cpu as k};
+use crate::ops::{Cmp, Op, VType, cpu as k};
 use crate::program::{FusedProgram, HistSpec, Instr, OutSpec, Scale, Source, Value};
 use crate::source::Dataset;
 
@@ -42,7 +42,11 @@ fn level() -> Level {
         if std::env::var_os("TILESTREAM_NO_SIMD").is_some() {
             return Level::Base;
         }
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512dq") {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512dq")
+        {
             return Level::Avx512;
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
@@ -78,14 +82,81 @@ impl Cpu {
 pub(crate) struct Prepared {
     prog: FusedProgram,
     dtypes: Vec<DType>,
+    steps: Vec<Step>,
+}
+
+/// How the CPU evaluates one instruction.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Step {
+    /// As written.
+    Plain,
+    /// Not needed: a load whose only use reads the column directly (below).
+    Skip,
+    /// `column cmp constant` straight from the column's block, without a loaded register.
+    CmpColumnF { slot: usize, cmp: Cmp, k: f32 },
+    /// The same for integer columns.
+    CmpColumnI { slot: usize, cmp: Cmp, k: i64 },
+}
+
+/// Peephole for the commonest filter shape, `column cmp literal`: compare straight from
+/// the mapped block instead of first converting the column into a register.
+fn plan_steps(prog: &FusedProgram, dtypes: &[DType]) -> Vec<Step> {
+    let mut uses = vec![0usize; prog.instrs.len()];
+    for ins in &prog.instrs {
+        if let Instr::Op { op, args } = ins {
+            for &a in &args[..op.signature().0.len()] {
+                uses[a] += 1;
+            }
+        }
+    }
+    let sources = prog.stats.iter().chain(prog.hists.iter().map(|h| &h.source)).chain(prog.outputs.iter().map(|o| &o.source));
+    for src in sources {
+        if let Source::Reg(r) = src {
+            uses[*r] += 1;
+        }
+    }
+    if let Some(m) = prog.mask {
+        uses[m] += 1;
+    }
+    let mut steps = vec![Step::Plain; prog.instrs.len()];
+    for (r, ins) in prog.instrs.iter().enumerate() {
+        let Instr::Op { op: Op::CmpF(cmp) | Op::CmpI(cmp), args } = ins else { continue };
+        let (a, b) = (args[0], args[1]);
+        let (load, konst, cmp) = match (&prog.instrs[a], &prog.instrs[b]) {
+            (Instr::Load { .. }, Instr::Const(_)) => (a, b, *cmp),
+            (Instr::Const(_), Instr::Load { .. }) => (b, a, flip(*cmp)),
+            _ => continue,
+        };
+        let Instr::Load { slot, .. } = prog.instrs[load] else { continue };
+        steps[r] = match prog.instrs[konst] {
+            Instr::Const(Value::F(k)) if matches!(dtypes[slot], DType::F32 | DType::F16 | DType::BF16) => Step::CmpColumnF { slot, cmp, k },
+            Instr::Const(Value::I(k)) if dtypes[slot].is_int() => Step::CmpColumnI { slot, cmp, k },
+            _ => continue,
+        };
+        if uses[load] == 1 {
+            steps[load] = Step::Skip;
+        }
+    }
+    steps
+}
+
+fn flip(c: Cmp) -> Cmp {
+    match c {
+        Cmp::Lt => Cmp::Gt,
+        Cmp::Le => Cmp::Ge,
+        Cmp::Gt => Cmp::Lt,
+        Cmp::Ge => Cmp::Le,
+        c => c,
+    }
 }
 
 impl Backend for Cpu {
     type Prepared = Prepared;
 
     fn prepare(&self, prog: &FusedProgram, ds: &Dataset) -> Result<Prepared> {
-        let dtypes = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
-        Ok(Prepared { prog: prog.clone(), dtypes })
+        let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
+        let steps = plan_steps(prog, &dtypes);
+        Ok(Prepared { prog: prog.clone(), dtypes, steps })
     }
 
     fn run_tile(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult> {
@@ -123,8 +194,9 @@ impl Backend for Cpu {
         let mut hists: Vec<HistAcc> = prep.prog.hists.iter().map(|h| HistAcc::new(h.bins)).collect();
         let mut blocks: Vec<(usize, BlockPartial)> = Vec::with_capacity(nblocks);
         for (scratch, done) in parts {
-            for (h, acc) in hists.iter_mut().zip(&scratch.hists) {
-                h.merge(acc);
+            for (h, ext) in hists.iter_mut().zip(&scratch.hists) {
+                let b = ext.len() - 4;
+                h.merge(&HistAcc { counts: ext[..b].to_vec(), below: ext[b], above: ext[b + 1], nan: ext[b + 2] });
             }
             for (b, r) in done {
                 blocks.push((b, r?));
@@ -140,7 +212,11 @@ struct Scratch {
     gather: Vec<Vec<u64>>,
     conv: Vec<Vec<f32>>,
     regs: Vec<Reg>,
-    hists: Vec<HistAcc>,
+    /// Per histogram: bin counts plus below, above, NaN and unselected.
+    hists: Vec<Vec<u64>>,
+    codes: Vec<u32>,
+    order: Vec<u32>,
+    gbuf: Vec<f32>,
     sel: Vec<u32>,
     keys: Vec<i64>,
     slots: Vec<u32>,
@@ -178,7 +254,10 @@ impl Scratch {
             gather: prog.inputs.iter().map(|_| Vec::new()).collect(),
             conv: prog.inputs.iter().map(|_| Vec::new()).collect(),
             regs,
-            hists: prog.hists.iter().map(|h| HistAcc::new(h.bins)).collect(),
+            hists: prog.hists.iter().map(|h| vec![0; h.bins as usize + 4]).collect(),
+            codes: Vec::new(),
+            order: Vec::new(),
+            gbuf: Vec::new(),
             sel: Vec::new(),
             keys: Vec::new(),
             slots: Vec::new(),
@@ -271,7 +350,7 @@ fn make_view<'a>(ds: &'a Dataset, col: usize, dtype: DType, r0: u64, n: usize, b
     let c = &ds.columns()[col];
     let size = dtype.size();
     let span = ds.column_span(col, r0, r0 + n as u64);
-    let aligned = span.as_ptr() as usize % size == 0;
+    let aligned = (span.as_ptr() as usize).is_multiple_of(size);
     let bytes: &'a [u8] = if c.is_contiguous() && aligned {
         span
     } else {
@@ -311,7 +390,15 @@ fn gather(src: &[u8], stride: usize, size: usize, n: usize, dst: &mut [u8]) {
     }
 }
 
-fn run_block(level: Level, prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scratch, outs: &mut [&mut [u8]]) -> Result<BlockPartial> {
+fn run_block(
+    level: Level,
+    prep: &Prepared,
+    ds: &Dataset,
+    r0: u64,
+    n: usize,
+    s: &mut Scratch,
+    outs: &mut [&mut [u8]],
+) -> Result<BlockPartial> {
     #[cfg(target_arch = "x86_64")]
     {
         match level {
@@ -340,7 +427,7 @@ fn run_block_avx2(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scra
 #[inline(always)]
 fn run_block_impl(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scratch, outs: &mut [&mut [u8]]) -> Result<BlockPartial> {
     let prog = &prep.prog;
-    let Scratch { gather, conv, regs, hists, sel, keys, slots, key_table, key_map, fbuf, dbuf, hbuf } = s;
+    let Scratch { gather, conv, regs, hists, codes, order, gbuf, sel, keys, slots, key_table, key_map, fbuf, dbuf, hbuf } = s;
     let views: Vec<View> = gather
         .iter_mut()
         .zip(conv.iter_mut())
@@ -348,7 +435,7 @@ fn run_block_impl(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scra
         .map(|(i, (buf, cv))| make_view(ds, prog.inputs[i], prep.dtypes[i], r0, n, buf, cv))
         .collect();
 
-    eval_instrs(prog, &views, regs, n);
+    eval_instrs(prog, &prep.steps, &views, regs, n);
 
     let mask: Option<&[u8]> = match prog.mask {
         Some(m) => match &regs[m] {
@@ -372,12 +459,21 @@ fn run_block_impl(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scra
     };
 
     if let Some(key_slot) = prog.key {
-        part.groups = group_block(views[key_slot], mask, prog.stats.iter().map(source_view), keys, slots, key_table, key_map);
+        let bufs = GroupBufs { keys, slots, table: key_table, map: key_map, order, gbuf };
+        part.groups = group_block(views[key_slot], mask, prog.stats.iter().map(source_view), bufs);
     } else {
-        part.stats = prog.stats.iter().map(|src| on_view!(source_view(src), x => stats_any(x, mask))).collect();
+        part.stats.reserve(prog.stats.len());
+        for src in &prog.stats {
+            let st = match source_view(src) {
+                View::F32(x) if prog.finite_range => stats_f32_any::<true>(x, mask),
+                View::F32(x) => stats_f32_any::<false>(x, mask),
+                other => on_view!(other, x => stats_any(x, mask)),
+            };
+            part.stats.push(st);
+        }
     }
     for (h, acc) in prog.hists.iter().zip(hists.iter_mut()) {
-        on_view!(source_view(&h.source), x => hist_any(x, mask, h, acc));
+        on_view!(source_view(&h.source), x => hist_any(x, mask, h, acc, codes));
     }
     if !prog.outputs.is_empty() {
         sel.clear();
@@ -408,10 +504,24 @@ fn is_raw_copy(spec: &OutSpec, dtype: DType) -> bool {
 }
 
 #[inline(always)]
-fn eval_instrs(prog: &FusedProgram, views: &[View], regs: &mut [Reg], n: usize) {
+fn eval_instrs(prog: &FusedProgram, steps: &[Step], views: &[View], regs: &mut [Reg], n: usize) {
     for (r, ins) in prog.instrs.iter().enumerate() {
         let (before, after) = regs.split_at_mut(r);
         let out = &mut after[0];
+        match (steps[r], &mut *out) {
+            (Step::Skip, _) => continue,
+            (Step::CmpColumnF { slot, cmp, k }, Reg::B(o)) => {
+                if let View::F32(x) = views[slot] {
+                    k::compare_f_const(cmp, x, k, &mut o[..n]);
+                }
+                continue;
+            }
+            (Step::CmpColumnI { slot, cmp, k }, Reg::B(o)) => {
+                on_view!(views[slot], x => compare_i_const(cmp, x, k, &mut o[..n]));
+                continue;
+            }
+            _ => {}
+        }
         match ins {
             Instr::Const(_) => {}
             Instr::Load { slot, ty } => load(views[*slot], *ty, out, n),
@@ -449,10 +559,48 @@ fn eval_instrs(prog: &FusedProgram, views: &[View], regs: &mut [Reg], n: usize) 
 #[inline(always)]
 fn load(v: View, ty: VType, out: &mut Reg, n: usize) {
     match (ty, out) {
-        (VType::F32, Reg::F(o)) => on_view!(v, x => o[..n].iter_mut().zip(x).for_each(|(o, &x)| *o = x.f32())),
-        (VType::Int, Reg::I(o)) => on_view!(v, x => o[..n].iter_mut().zip(x).for_each(|(o, &x)| *o = x.i64())),
-        (VType::Bool, Reg::B(o)) => on_view!(v, x => o[..n].iter_mut().zip(x).for_each(|(o, &x)| *o = (x.f64() != 0.0) as u8)),
+        (VType::F32, Reg::F(o)) => on_view!(v, x => load_f32(x, &mut o[..n])),
+        (VType::Int, Reg::I(o)) => on_view!(v, x => load_i64(x, &mut o[..n])),
+        (VType::Bool, Reg::B(o)) => on_view!(v, x => load_bool(x, &mut o[..n])),
         _ => unreachable!("program.rs gives every load a register of its type"),
+    }
+}
+
+/// `x cmp k` for an integer column block, compared in i64.
+#[inline(always)]
+fn compare_i_const<T: Elem>(c: Cmp, x: &[T], k: i64, o: &mut [u8]) {
+    let o = &mut o[..x.len()];
+    match c {
+        Cmp::Lt => (0..x.len()).for_each(|i| o[i] = (x[i].i64() < k) as u8),
+        Cmp::Le => (0..x.len()).for_each(|i| o[i] = (x[i].i64() <= k) as u8),
+        Cmp::Gt => (0..x.len()).for_each(|i| o[i] = (x[i].i64() > k) as u8),
+        Cmp::Ge => (0..x.len()).for_each(|i| o[i] = (x[i].i64() >= k) as u8),
+        Cmp::Eq => (0..x.len()).for_each(|i| o[i] = (x[i].i64() == k) as u8),
+        Cmp::Ne => (0..x.len()).for_each(|i| o[i] = (x[i].i64() != k) as u8),
+    }
+}
+
+#[inline(always)]
+fn load_f32<T: Elem>(x: &[T], o: &mut [f32]) {
+    let o = &mut o[..x.len()];
+    for i in 0..x.len() {
+        o[i] = x[i].f32();
+    }
+}
+
+#[inline(always)]
+fn load_i64<T: Elem>(x: &[T], o: &mut [i64]) {
+    let o = &mut o[..x.len()];
+    for i in 0..x.len() {
+        o[i] = x[i].i64();
+    }
+}
+
+#[inline(always)]
+fn load_bool<T: Elem>(x: &[T], o: &mut [u8]) {
+    let o = &mut o[..x.len()];
+    for i in 0..x.len() {
+        o[i] = (x[i].f64() != 0.0) as u8;
     }
 }
 
@@ -466,7 +614,114 @@ fn stats_any<T: Elem>(x: &[T], mask: Option<&[u8]>) -> BlockStats {
     }
 }
 
+/// How far ahead (in f32 elements) the kernels prefetch: the loop body is long, so the
+/// out-of-order window alone keeps too few cache misses in flight to reach full bandwidth.
+const PREFETCH_F32: usize = 2048;
+
+/// Prefetches the cache line holding `x[i]`; `i` may run past the slice (into the next
+/// block of a contiguous column): a prefetch never faults.
+#[inline(always)]
+fn prefetch<T>(x: &[T], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` is a hint; it reads nothing and cannot fault on any address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(x.as_ptr().wrapping_add(i) as *const i8, std::arch::x86_64::_MM_HINT_T0)
+    };
+}
+
+/// Statistics of a block of f32 values; `FINITE` also tracks the finite min/max.
+#[inline(always)]
+fn stats_f32_any<const FINITE: bool>(x: &[f32], mask: Option<&[u8]>) -> BlockStats {
+    let pivot = x.iter().find(|v| v.is_finite()).map_or(0.0, |&v| v as f64);
+    match mask {
+        None => stats_f32_lanes::<false, FINITE>(x, &[], pivot),
+        Some(m) => stats_f32_lanes::<true, FINITE>(x, m, pivot),
+    }
+}
+
+/// The f32 stats kernel: 16 lanes; classification and min/max in f32, sums of
+/// `x - pivot` and its square in f64.
+#[inline(always)]
+fn stats_f32_lanes<const MASKED: bool, const FINITE: bool>(x: &[f32], mask: &[u8], pivot: f64) -> BlockStats {
+    const L: usize = 16;
+    let mut s = [0f64; L];
+    let mut s2 = [0f64; L];
+    let mut mn = [f32::INFINITY; L];
+    let mut mx = [f32::NEG_INFINITY; L];
+    let mut fmn = [f32::INFINITY; L];
+    let mut fmx = [f32::NEG_INFINITY; L];
+    let (mut count, mut selected) = (0u64, 0u64);
+    let n = x.len();
+    let full = n / L * L;
+    let ones = [1u8; L];
+    let mut i = 0;
+    while i < n {
+        prefetch(x, i + PREFETCH_F32);
+        // The tail runs through the same loop body with a partial chunk padded by NaN.
+        let (xs, ms): ([f32; L], [u8; L]) = if i < full {
+            (x[i..i + L].try_into().expect("L elements"), if MASKED { mask[i..i + L].try_into().expect("L elements") } else { ones })
+        } else {
+            let mut xs = [f32::NAN; L];
+            let mut ms = [0u8; L];
+            xs[..n - i].copy_from_slice(&x[i..]);
+            if MASKED {
+                ms[..n - i].copy_from_slice(&mask[i..]);
+            } else {
+                ms[..n - i].fill(1);
+            }
+            (xs, ms)
+        };
+        let (mut okbits, mut onbits) = (0u32, 0u32);
+        for l in 0..L {
+            let v = xs[l];
+            let on = ms[l] != 0;
+            let ok = on & !v.is_nan();
+            let d = if ok { v as f64 - pivot } else { 0.0 };
+            s[l] += d;
+            s2[l] += d * d;
+            mn[l] = if ok & (v < mn[l]) { v } else { mn[l] };
+            mx[l] = if ok & (v > mx[l]) { v } else { mx[l] };
+            if FINITE {
+                let fin = ok & (v.abs() != f32::INFINITY);
+                fmn[l] = if fin & (v < fmn[l]) { v } else { fmn[l] };
+                fmx[l] = if fin & (v > fmx[l]) { v } else { fmx[l] };
+            }
+            okbits |= (ok as u32) << l;
+            if MASKED {
+                onbits |= (on as u32) << l;
+            }
+        }
+        count += okbits.count_ones() as u64;
+        selected += if MASKED { onbits.count_ones() as u64 } else { (n - i).min(L) as u64 };
+        i += L;
+    }
+    // ±inf make the sum of squares infinite (finite f32 values cannot overflow it), so
+    // infinities are counted only in the rare blocks that have them.
+    let s2_finite = s2.iter().all(|v| v.is_finite());
+    let inf_count = if s2_finite { 0 } else { (0..n).filter(|&j| (!MASKED || mask[j] != 0) && x[j].is_infinite()).count() as u64 };
+    let sum = |a: &[f64; L]| {
+        let h: [f64; 8] = std::array::from_fn(|j| a[j] + a[j + 8]);
+        pairwise(&h)
+    };
+    let fold_min = |a: &[f32; L]| a.iter().fold(f64::INFINITY, |m, &v| m.min(v as f64));
+    let fold_max = |a: &[f32; L]| a.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    BlockStats {
+        count,
+        nan: selected - count,
+        inf: inf_count,
+        pivot,
+        sum_d: sum(&s),
+        sum_d2: sum(&s2),
+        min: fold_min(&mn),
+        max: fold_max(&mx),
+        fmin: if FINITE { fold_min(&fmn) } else { f64::INFINITY },
+        fmax: if FINITE { fold_max(&fmx) } else { f64::NEG_INFINITY },
+        ..BlockStats::default()
+    }
+}
+
 /// The stats kernel: 8 independent lanes of f64 sums of `x - pivot` and its square.
+/// Written without closures so that the whole loop inherits the caller's target features.
 #[inline(always)]
 fn stats_lanes<T: Elem, const MASKED: bool>(x: &[T], mask: &[u8], pivot: f64) -> BlockStats {
     const L: usize = 8;
@@ -481,33 +736,46 @@ fn stats_lanes<T: Elem, const MASKED: bool>(x: &[T], mask: &[u8], pivot: f64) ->
     let mut inf = [0u32; L];
     let n = x.len();
     let full = n / L * L;
-    let mut step = |l: usize, i: usize| {
-        let v = x[i];
-        let on = !MASKED || mask[i] != 0;
-        let ok = on && !v.is_nan();
-        let f = v.f64();
-        let d = if ok { f - pivot } else { 0.0 };
-        s[l] += d;
-        s2[l] += d * d;
-        mn[l] = if ok && f < mn[l] { f } else { mn[l] };
-        mx[l] = if ok && f > mx[l] { f } else { mx[l] };
-        let is_inf = v.is_inf();
-        let fin = ok && !is_inf;
-        fmn[l] = if fin && f < fmn[l] { f } else { fmn[l] };
-        fmx[l] = if fin && f > fmx[l] { f } else { fmx[l] };
-        cnt[l] += ok as u32;
-        sel[l] += on as u32;
-        inf[l] += (ok && is_inf) as u32;
-    };
-    let mut i = 0;
-    while i < full {
+    let ones = [1u8; L];
+    for i in (0..full).step_by(L) {
+        let xs: &[T; L] = x[i..i + L].try_into().expect("slice of L elements");
+        let ms: &[u8; L] = if MASKED { mask[i..i + L].try_into().expect("slice of L elements") } else { &ones };
         for l in 0..L {
-            step(l, i + l);
+            let v = xs[l];
+            let on = ms[l] != 0;
+            let ok = on & !v.is_nan();
+            let f = v.f64();
+            let d = if ok { f - pivot } else { 0.0 };
+            s[l] += d;
+            s2[l] += d * d;
+            mn[l] = if ok & (f < mn[l]) { f } else { mn[l] };
+            mx[l] = if ok & (f > mx[l]) { f } else { mx[l] };
+            let is_inf = v.is_inf();
+            let fin = ok & !is_inf;
+            fmn[l] = if fin & (f < fmn[l]) { f } else { fmn[l] };
+            fmx[l] = if fin & (f > fmx[l]) { f } else { fmx[l] };
+            cnt[l] += ok as u32;
+            sel[l] += on as u32;
+            inf[l] += (ok & is_inf) as u32;
         }
-        i += L;
     }
     for i in full..n {
-        step(0, i);
+        let v = x[i];
+        let on = !MASKED || mask[i] != 0;
+        let ok = on & !v.is_nan();
+        let f = v.f64();
+        let d = if ok { f - pivot } else { 0.0 };
+        s[0] += d;
+        s2[0] += d * d;
+        mn[0] = if ok & (f < mn[0]) { f } else { mn[0] };
+        mx[0] = if ok & (f > mx[0]) { f } else { mx[0] };
+        let is_inf = v.is_inf();
+        let fin = ok & !is_inf;
+        fmn[0] = if fin & (f < fmn[0]) { f } else { fmn[0] };
+        fmx[0] = if fin & (f > fmx[0]) { f } else { fmx[0] };
+        cnt[0] += ok as u32;
+        sel[0] += on as u32;
+        inf[0] += (ok & is_inf) as u32;
     }
     let count: u64 = cnt.iter().map(|&c| c as u64).sum();
     let selected: u64 = sel.iter().map(|&c| c as u64).sum();
@@ -525,13 +793,13 @@ fn stats_lanes<T: Elem, const MASKED: bool>(x: &[T], mask: &[u8], pivot: f64) ->
         ..BlockStats::default()
     };
     if !T::FLOAT && count > 0 {
-        // Exact integer bounds: every integer dtype but (u)i64 is exact in f64, and those are
-        // rechecked here in their own type.
+        // Exact integer bounds (i64/u64 values need not be exact in f64).
         let (mut lo, mut hi) = (i128::MAX, i128::MIN);
-        for (i, v) in x.iter().enumerate() {
+        for i in 0..n {
             if !MASKED || mask[i] != 0 {
-                lo = lo.min(v.i128());
-                hi = hi.max(v.i128());
+                let v = x[i].i128();
+                lo = if v < lo { v } else { lo };
+                hi = if v > hi { v } else { hi };
             }
         }
         b.imin = lo;
@@ -545,34 +813,63 @@ fn pairwise(v: &[f64; 8]) -> f64 {
     ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))
 }
 
+/// Histogram of one block: bin codes computed by a vectorizable loop (`bins` = below,
+/// `bins+1` = above, `bins+2` = NaN, `bins+3` = not selected), then counted.
 #[inline(always)]
-fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, acc: &mut HistAcc) {
+fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, counts: &mut [u64], codes: &mut Vec<u32>) {
     let scale = bin_scale(h.lo, h.hi, h.bins);
-    for (i, v) in x.iter().enumerate() {
-        if mask.is_some_and(|m| m[i] == 0) {
-            continue;
+    let (lo, hi, bins) = (h.lo, h.hi, h.bins);
+    let last = (bins - 1) as f64;
+    codes.clear();
+    codes.resize(x.len(), 0);
+    let (codes_out, n) = (&mut codes[..], x.len());
+    for i in 0..n {
+        let v = x[i].f64();
+        let t = ((v - lo) * scale).floor();
+        // Clamped in f64 first so that the conversion is in range (NaN and negatives are
+        // replaced below).
+        let t = if t >= last {
+            last
+        } else if t >= 0.0 {
+            t
+        } else {
+            0.0
+        };
+        let c = t as u32;
+        let c = if v < lo { bins } else { c };
+        let c = if v > hi { bins + 1 } else { c };
+        let c = if v.is_nan() { bins + 2 } else { c };
+        codes_out[i] = c;
+    }
+    if let Some(m) = mask {
+        for i in 0..x.len() {
+            codes[i] = if m[i] != 0 { codes[i] } else { bins + 3 };
         }
-        match bin_of(v.f64(), h.lo, h.hi, scale, h.bins) {
-            Ok(b) => acc.counts[b] += 1,
-            Err(Outside::Below) => acc.below += 1,
-            Err(Outside::Above) => acc.above += 1,
-            Err(Outside::Nan) => acc.nan += 1,
-        }
+    }
+    for &c in codes.iter() {
+        counts[c as usize] += 1;
     }
 }
 
+/// Per-thread buffers of the group-by kernel.
+struct GroupBufs<'s> {
+    keys: &'s mut Vec<i64>,
+    slots: &'s mut Vec<u32>,
+    table: &'s mut Vec<u32>,
+    map: &'s mut HashMap<i64, u32>,
+    order: &'s mut Vec<u32>,
+    gbuf: &'s mut Vec<f32>,
+}
+
 /// Per-group statistics of one block: keys mapped to dense slots in first-seen order.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn group_block<'a>(
     key: View,
     mask: Option<&[u8]>,
     sources: impl Iterator<Item = View<'a>>,
-    keys: &mut Vec<i64>,
-    slots: &mut Vec<u32>,
-    table: &mut Vec<u32>,
-    map: &mut HashMap<i64, u32>,
+    bufs: GroupBufs,
 ) -> Vec<(i64, u64, Vec<BlockStats>)> {
+    let GroupBufs { keys, slots, table, map, order, gbuf } = bufs;
     let n = on_view!(key, x => x.len());
     let narrow = matches!(key, View::I8(_) | View::U8(_) | View::I16(_) | View::U16(_));
     keys.clear();
@@ -616,10 +913,48 @@ fn group_block<'a>(
         map.clear();
     }
     let g = keys.len();
+    // Row indices sorted by group (a counting sort that keeps row order within a group),
+    // so that f32 columns run the vectorized stats kernel on each group's values.
+    let mut start = vec![0usize; g + 1];
+    for j in 0..g {
+        start[j + 1] = start[j] + rows[j] as usize;
+    }
+    // `order[i]`: where row i goes in group order; unselected rows go to a spare last slot.
+    let spare = start[g] as u32;
+    let mut fill = start.clone();
+    order.clear();
+    order.resize(n, spare);
+    for (i, &slot) in slots.iter().enumerate() {
+        if slot != u32::MAX {
+            order[i] = fill[slot as usize] as u32;
+            fill[slot as usize] += 1;
+        }
+    }
     let mut per_source: Vec<Vec<BlockStats>> = Vec::new();
     for src in sources {
-        let mut acc = vec![BlockStats::default(); g];
-        on_view!(src, x => group_accumulate(x, slots, &mut acc));
+        let acc = match src {
+            View::F32(x) => {
+                gbuf.clear();
+                gbuf.resize(spare as usize + 1, 0.0);
+                let (dst, idx, x) = (&mut gbuf[..], &order[..n], &x[..n]);
+                for i in 0..n {
+                    if i % 16 == 0 {
+                        prefetch(x, i + PREFETCH_F32);
+                    }
+                    dst[idx[i] as usize] = x[i];
+                }
+                let mut acc = Vec::with_capacity(g);
+                for j in 0..g {
+                    acc.push(stats_f32_any::<false>(&gbuf[start[j]..start[j + 1]], None));
+                }
+                acc
+            }
+            other => {
+                let mut acc = vec![BlockStats::default(); g];
+                on_view!(other, x => group_accumulate(x, slots, &mut acc));
+                acc
+            }
+        };
         per_source.push(acc);
     }
     (0..g).map(|j| (keys[j], rows[j], per_source.iter().map(|acc| acc[j]).collect())).collect()
@@ -700,7 +1035,16 @@ fn scaled(scale: Option<Scale>, v: f64) -> f64 {
 /// Writes one computed output column of a block; returns (NaN count, overflow count).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn write_output(spec: &OutSpec, src: View, n: usize, sel: Option<&[u32]>, fbuf: &mut Vec<f32>, dbuf: &mut Vec<f64>, hbuf: &mut Vec<u16>, out: &mut [u8]) -> (u64, u64) {
+fn write_output(
+    spec: &OutSpec,
+    src: View,
+    n: usize,
+    sel: Option<&[u32]>,
+    fbuf: &mut Vec<f32>,
+    dbuf: &mut Vec<f64>,
+    hbuf: &mut Vec<u16>,
+    out: &mut [u8],
+) -> (u64, u64) {
     let m = sel.map_or(n, |s| s.len());
     let idx = |j: usize| sel.map_or(j, |s| s[j] as usize);
     match spec.dtype {

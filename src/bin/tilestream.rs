@@ -13,12 +13,16 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Map, Value, json};
 use tilestream::fit::json_f64;
 use tilestream::{
-    AggregateResult, Cols, ColumnStats, DType, Dataset, Device, Error, FileKind, Fit, LazyFrame, Number, RunOptions, SinkOptions, Transform, all_stats,
-    hist, parse_expr,
+    AggregateResult, Cols, ColumnStats, DType, Dataset, Device, Error, FileKind, Fit, LazyFrame, Number, RunOptions, SinkOptions,
+    Transform, all_stats, hist, parse_expr,
 };
 
 #[derive(Parser)]
-#[command(name = "tilestream", version, about = "Stream memory-mapped datasets larger than RAM through fused filter, aggregate and transform kernels.")]
+#[command(
+    name = "tilestream",
+    version,
+    about = "Stream memory-mapped datasets larger than RAM through fused filter, aggregate and transform kernels."
+)]
 #[command(after_help = "Expressions (--where, --with): columns (`x:0` in backticks), numbers, inf, nan, true, false, \
 + - * /, < <= > >= == !=, && || ! (or and or not), abs sqrt exp log log1p isnan isinf isfinite min max clip.\n\
 Exit codes: 0 ok, 2 error, 130 interrupted.")]
@@ -100,7 +104,7 @@ enum Command {
     },
     /// Write a transformed copy: --where → --with → --clip → --log1p → fit → --standardize /
     /// --minmax → --fill-nan → --cast.
-    Transform(TransformArgs),
+    Transform(Box<TransformArgs>),
     /// Write a synthetic safetensors dataset: f32 columns f0.. and a skewed u8 `key`.
     Gen {
         /// Output .safetensors file.
@@ -204,7 +208,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
         u => return Err(format!("bad size unit `{u}`: use KiB, MiB or GiB")),
     };
     let bytes = v * mult as f64;
-    if !(bytes >= 1.0 && bytes < 1e18) {
+    if !(1.0..1e18).contains(&bytes) {
         return Err(format!("size `{s}` is out of range"));
     }
     Ok(bytes as u64)
@@ -300,7 +304,8 @@ impl Ctx {
         let mut opts = self.opts.clone();
         if !self.quiet && std::io::stderr().is_terminal() {
             pb.set_style(
-                ProgressStyle::with_template("{msg:>12} [{bar:40}] {percent:>3}% {elapsed_precise} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template("{msg:>12} [{bar:40}] {percent:>3}% {elapsed_precise} eta {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             pb.set_message(what.to_string());
             let start = Instant::now();
@@ -328,7 +333,9 @@ fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
     match &cli.command {
         Command::Info { paths, json } => info(&ctx, paths, *json),
         Command::Stats { paths, columns, filter, by, json } => stats(&ctx, paths, columns, filter.as_deref(), by.as_deref(), *json),
-        Command::Hist { paths, column, bins, range, filter, json } => histogram(&ctx, paths, column, *bins, *range, filter.as_deref(), *json),
+        Command::Hist { paths, column, bins, range, filter, json } => {
+            histogram(&ctx, paths, column, *bins, *range, filter.as_deref(), *json)
+        }
         Command::Transform(t) => transform(&ctx, t),
         Command::Gen { out, rows, cols, seed, force } => generate_cmd(&ctx, out, *rows, *cols, *seed, *force),
         Command::Demo { rows } => demo(&ctx, *rows),
@@ -427,7 +434,10 @@ fn fmt_f(v: Option<f64>) -> String {
 }
 
 fn stats_table(cols: &[(String, ColumnStats)]) -> String {
-    let mut s = format!("{:<16} {:>12} {:>8} {:>6} {:>16} {:>14} {:>14} {:>14} {:>14} {:>14}\n", "column", "count", "nan", "inf", "sum", "mean", "min", "max", "var", "std");
+    let mut s = format!(
+        "{:<16} {:>12} {:>8} {:>6} {:>16} {:>14} {:>14} {:>14} {:>14} {:>14}\n",
+        "column", "count", "nan", "inf", "sum", "mean", "min", "max", "var", "std"
+    );
     for (name, c) in cols {
         s += &format!(
             "{:<16} {:>12} {:>8} {:>6} {:>16} {:>14} {:>14} {:>14} {:>14} {:>14}\n",
@@ -469,13 +479,17 @@ fn print_stats(r: &AggregateResult, grouped: bool, json: bool) -> Result<()> {
     if json {
         let mut o = json!({"rows": r.rows, "rows_selected": r.rows_selected});
         if grouped {
-            o["groups"] = Value::Array(r.groups.iter().map(|g| json!({"key": g.key, "rows": g.rows, "columns": columns_json(&g.columns)})).collect());
+            o["groups"] =
+                Value::Array(r.groups.iter().map(|g| json!({"key": g.key, "rows": g.rows, "columns": columns_json(&g.columns)})).collect());
         } else {
             o["columns"] = columns_json(&r.columns);
         }
         return out(&o.to_string());
     }
-    let mut s = format!("rows: {}  selected: {}  ({} on {}, {} tiles)\n", r.rows, r.rows_selected, r.report.passes, r.report.device, r.report.tiles);
+    let mut s = format!(
+        "rows: {}  selected: {}  ({} on {}, {} tiles)\n",
+        r.rows, r.rows_selected, r.report.passes, r.report.device, r.report.tiles
+    );
     if grouped {
         for g in &r.groups {
             s += &format!("\nkey {} ({} rows)\n{}", g.key, g.rows, stats_table(&g.columns));
@@ -486,7 +500,15 @@ fn print_stats(r: &AggregateResult, grouped: bool, json: bool) -> Result<()> {
     out(s.trim_end())
 }
 
-fn histogram(ctx: &Ctx, paths: &[PathBuf], column: &str, bins: u32, range: Option<(f64, f64)>, filter: Option<&str>, json: bool) -> Result<()> {
+fn histogram(
+    ctx: &Ctx,
+    paths: &[PathBuf],
+    column: &str,
+    bins: u32,
+    range: Option<(f64, f64)>,
+    filter: Option<&str>,
+    json: bool,
+) -> Result<()> {
     let ds = ctx.open(paths)?;
     let mut h = hist(column, bins);
     if let Some((lo, hi)) = range {
@@ -505,7 +527,17 @@ fn histogram(ctx: &Ctx, paths: &[PathBuf], column: &str, bins: u32, range: Optio
     }
     let peak = h.counts.iter().copied().max().unwrap_or(0).max(1);
     let width = if h.hi > h.lo { (h.hi - h.lo) / h.counts.len() as f64 } else { 0.0 };
-    let mut s = format!("{}: {} bins over [{}, {}], {} rows selected, below {}, above {}, nan {}\n", h.column, h.counts.len(), h.lo, h.hi, h.rows_selected, h.below, h.above, h.nan);
+    let mut s = format!(
+        "{}: {} bins over [{}, {}], {} rows selected, below {}, above {}, nan {}\n",
+        h.column,
+        h.counts.len(),
+        h.lo,
+        h.hi,
+        h.rows_selected,
+        h.below,
+        h.above,
+        h.nan
+    );
     for (i, c) in h.counts.iter().enumerate() {
         let bar = "#".repeat((c * 50 / peak) as usize);
         s += &format!("{:>14} {:>12} {bar}\n", fmt_f(Some(h.lo + width * i as f64)), c);
@@ -538,7 +570,9 @@ fn transform(ctx: &Ctx, a: &TransformArgs) -> Result<()> {
             || a.cast.is_some()
             || a.save_fit.is_some();
         if extra {
-            eprintln!("tilestream: --apply replays a saved transform; it takes no other transform flags (only --where, -o, --force, --json)");
+            eprintln!(
+                "tilestream: --apply replays a saved transform; it takes no other transform flags (only --where, -o, --force, --json)"
+            );
             std::process::exit(2);
         }
         let fit = Fit::load(fit_path)?;
@@ -553,7 +587,11 @@ fn transform(ctx: &Ctx, a: &TransformArgs) -> Result<()> {
             ..Transform::default()
         };
         if let Some(c) = &a.cast {
-            t.cast = Some(DType::from_name(c).filter(|d| matches!(d, DType::F32 | DType::F16 | DType::BF16)).ok_or_else(|| anyhow!("--cast must be f16, bf16 or f32, not `{c}`"))?);
+            t.cast = Some(
+                DType::from_name(c)
+                    .filter(|d| matches!(d, DType::F32 | DType::F16 | DType::BF16))
+                    .ok_or_else(|| anyhow!("--cast must be f16, bf16 or f32, not `{c}`"))?,
+            );
         }
         for c in &a.clip {
             let (name, range) = c.rsplit_once('=').ok_or_else(|| anyhow!("--clip expects C=LO:HI, got `{c}`"))?;
@@ -584,10 +622,19 @@ fn transform(ctx: &Ctx, a: &TransformArgs) -> Result<()> {
         for (name, dtype, nan, overflow) in &report.columns {
             cols.insert(name.clone(), json!({"dtype": dtype.name(), "nan_count": nan, "overflow_count": overflow}));
         }
-        return out(&json!({"rows_written": report.rows_written, "columns": cols, "device": report.report.device, "tiles": report.report.tiles}).to_string());
+        return out(
+            &json!({"rows_written": report.rows_written, "columns": cols, "device": report.report.device, "tiles": report.report.tiles})
+                .to_string(),
+        );
     }
     if !ctx.quiet {
-        eprintln!("wrote {} rows x {} columns to {} in {:.2} s", report.rows_written, report.columns.len(), a.out.display(), t0.elapsed().as_secs_f64());
+        eprintln!(
+            "wrote {} rows x {} columns to {} in {:.2} s",
+            report.rows_written,
+            report.columns.len(),
+            a.out.display(),
+            t0.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
@@ -626,7 +673,16 @@ fn table(rows: &[Row], device: &str) -> String {
     let mut s = format!("{:<34} {:>7} {:>8} {:>9} {:>12} {:>7}\n", "query", "device", "seconds", "GB/s", "limit GB/s", "ratio");
     for r in rows {
         let gbs = r.bytes as f64 / r.secs / 1e9;
-        s += &format!("{:<34} {:>7} {:>8.3} {:>9.2} {:>7.2} {:<4} {:>7.2}\n", r.name, device, r.secs, gbs, r.limit / 1e9, r.limit_name, gbs * 1e9 / r.limit);
+        s += &format!(
+            "{:<34} {:>7} {:>8.3} {:>9.2} {:>7.2} {:<4} {:>7.2}\n",
+            r.name,
+            device,
+            r.secs,
+            gbs,
+            r.limit / 1e9,
+            r.limit_name,
+            gbs * 1e9 / r.limit
+        );
     }
     s
 }
@@ -681,18 +737,42 @@ fn demo(ctx: &Ctx, rows: Option<u64>) -> Result<()> {
     let f3 = r.column("f3").and_then(|s| s.mean).unwrap_or(f64::NAN);
 
     let filt = parse_expr("f0 > 0 && key < 32")?;
-    let (g, secs) = timed(|| Ok(ds.lazy().filter(filt.clone()).group_by("key").aggregate([all_stats(["f1", "f2"])]).collect_with(dev, opts)?))?;
-    rows_out.push(Row { name: "where f0>0 && key<32, by key".into(), secs, bytes: bytes(&["f0", "f1", "f2", "key"]), limit, limit_name: "read" });
+    let (g, secs) =
+        timed(|| Ok(ds.lazy().filter(filt.clone()).group_by("key").aggregate([all_stats(["f1", "f2"])]).collect_with(dev, opts)?))?;
+    rows_out.push(Row {
+        name: "where f0>0 && key<32, by key".into(),
+        secs,
+        bytes: bytes(&["f0", "f1", "f2", "key"]),
+        limit,
+        limit_name: "read",
+    });
 
     let (h, secs) = timed(|| Ok(ds.lazy().aggregate([hist("f2", 256)]).collect_with(dev, opts)?))?;
     rows_out.push(Row { name: "histogram f2, 256 bins (2 passes)".into(), secs, bytes: 2 * bytes(&["f2"]), limit, limit_name: "read" });
 
     let out_path = dir.join("demo-f16.safetensors");
-    let t = Transform { log1p: Cols::List(vec!["f2".into()]), standardize: Cols::All, fill_nan: Some(0.0), cast: Some(DType::F16), ..Transform::default() };
+    let t = Transform {
+        log1p: Cols::List(vec!["f2".into()]),
+        standardize: Cols::All,
+        fill_nan: Some(0.0),
+        cast: Some(DType::F16),
+        ..Transform::default()
+    };
     let (w, secs) = timed(|| Ok(ds.lazy().transform(t).sink(&out_path, &SinkOptions { force: true }, dev, opts)?))?;
-    rows_out.push(Row { name: "fit + standardize -> f16, write".into(), secs, bytes: 2 * bytes(&all_ref) + bytes(&["key"]), limit, limit_name: "read" });
+    rows_out.push(Row {
+        name: "fit + standardize -> f16, write".into(),
+        secs,
+        bytes: 2 * bytes(&all_ref) + bytes(&["key"]),
+        limit,
+        limit_name: "read",
+    });
 
-    let mut s = format!("tilestream demo: {} rows, {:.2} GB of f32 features, memory budget {} MiB\n\n", ds.rows(), bytes(&all_ref) as f64 / 1e9, opts.memory_budget >> 20);
+    let mut s = format!(
+        "tilestream demo: {} rows, {:.2} GB of f32 features, memory budget {} MiB\n\n",
+        ds.rows(),
+        bytes(&all_ref) as f64 / 1e9,
+        opts.memory_budget >> 20
+    );
     s += &table(&rows_out, &dev.name());
     s += &format!(
         "\nmean of f3 (N(10000,1)): {f3:.6}; groups: {}; histogram of f2: {} bins, {} NaN; wrote {} rows to f16\n",
@@ -735,7 +815,13 @@ fn bench(ctx: &Ctx, rows: Option<u64>, dir: Option<&Path>, json: bool) -> Result
 
     let c_all = floats.clone();
     let secs = best(&|| Ok(ds.lazy().aggregate([all_stats(all.clone())]).collect_with(dev, opts).map(|_| ())?))?;
-    rows_out.push(Row { name: "stats, all float columns".into(), secs, bytes: ds.column_bytes(&c_all), limit: read(&c_all), limit_name: "read" });
+    rows_out.push(Row {
+        name: "stats, all float columns".into(),
+        secs,
+        bytes: ds.column_bytes(&c_all),
+        limit: read(&c_all),
+        limit_name: "read",
+    });
 
     let filt = parse_expr("f0 > 0 && key < 32")?;
     let secs = best(&|| Ok(ds.lazy().filter(filt.clone()).aggregate([all_stats(all.clone())]).collect_with(dev, opts).map(|_| ())?))?;
@@ -743,7 +829,13 @@ fn bench(ctx: &Ctx, rows: Option<u64>, dir: Option<&Path>, json: bool) -> Result
     rows_out.push(Row { name: "stats where f0>0 && key<32".into(), secs, bytes: ds.column_bytes(&c), limit: read(&c), limit_name: "read" });
 
     let secs = best(&|| Ok(ds.lazy().group_by("key").aggregate([all_stats(all.clone())]).collect_with(dev, opts).map(|_| ())?))?;
-    rows_out.push(Row { name: "group-by key (64 keys), all stats".into(), secs, bytes: ds.column_bytes(&c), limit: read(&c), limit_name: "read" });
+    rows_out.push(Row {
+        name: "group-by key (64 keys), all stats".into(),
+        secs,
+        bytes: ds.column_bytes(&c),
+        limit: read(&c),
+        limit_name: "read",
+    });
 
     let c1 = [idx("f1")?];
     let secs = best(&|| Ok(ds.lazy().aggregate([hist("f1", 256).range(0.0, 1.0)]).collect_with(dev, opts).map(|_| ())?))?;
@@ -753,9 +845,22 @@ fn bench(ctx: &Ctx, rows: Option<u64>, dir: Option<&Path>, json: bool) -> Result
     let copy = tilestream::limits::copy_limit(&ds, &c, &dir)?;
     let t = Transform { standardize: Cols::All, cast: Some(DType::F16), ..Transform::default() };
     let secs = best(&|| Ok(ds.lazy().transform(t.clone()).sink(&out_path, &SinkOptions { force: true }, dev, opts).map(|_| ())?))?;
-    rows_out.push(Row { name: "fit + standardize -> f16, write".into(), secs, bytes: ds.column_bytes(&c), limit: copy, limit_name: "copy" });
+    rows_out.push(Row {
+        name: "fit + standardize -> f16, write".into(),
+        secs,
+        bytes: ds.column_bytes(&c),
+        limit: copy,
+        limit_name: "copy",
+    });
 
-    let secs = best(&|| Ok(ds.lazy().filter(parse_expr("f0 > 0")?).transform(Transform::default()).sink(&out_path, &SinkOptions { force: true }, dev, opts).map(|_| ())?))?;
+    let secs = best(&|| {
+        Ok(ds
+            .lazy()
+            .filter(parse_expr("f0 > 0")?)
+            .transform(Transform::default())
+            .sink(&out_path, &SinkOptions { force: true }, dev, opts)
+            .map(|_| ())?)
+    })?;
     rows_out.push(Row { name: "filter f0>0, write all columns".into(), secs, bytes: ds.column_bytes(&c), limit: copy, limit_name: "copy" });
 
     if json {

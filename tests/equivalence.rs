@@ -1,0 +1,404 @@
+//! Every query kind on every available device against the naive f64 reference
+//! (`tilestream::reference`), on random data (fresh seed each run, printed), awkward sizes
+//! and NaN/±inf.
+
+mod common;
+
+use common::*;
+use tilestream::expr::{BinOp, Expr, ExprKind, Func, Literal};
+use tilestream::reference::{self, RefVal};
+use tilestream::synth::Rng;
+use tilestream::{Dataset, Device, Number, RunOptions, all_stats, col, hist, lit};
+
+/// Row counts around the block size (8192) and the workgroup-ish sizes.
+const SIZES: &[usize] = &[0, 1, 2, 7, 255, 256, 257, 8191, 8192, 8193, 3 * 8192 + 5, 40_000];
+
+fn devices() -> Vec<Device> {
+    // Only the CPU backend is built today; GPU backends add themselves here.
+    vec![Device::Cpu]
+}
+
+/// Small budgets force many tiles: one block per tile at 1 byte.
+fn budgets() -> Vec<RunOptions> {
+    vec![
+        RunOptions::default(),
+        RunOptions { memory_budget: 1, threads: Some(1), ..RunOptions::default() },
+        RunOptions { memory_budget: 300_000, threads: Some(3), ..RunOptions::default() },
+    ]
+}
+
+fn rel_close(a: f64, b: f64, rel: f64, abs: f64) -> bool {
+    if a.is_nan() || b.is_nan() {
+        return a.is_nan() && b.is_nan();
+    }
+    if a.is_infinite() || b.is_infinite() {
+        return a == b;
+    }
+    (a - b).abs() <= rel * a.abs().max(b.abs()) + abs
+}
+
+/// Compares engine stats with reference stats of the same values.
+fn check_stats(what: &str, got: &tilestream::ColumnStats, values: &[f64]) {
+    let r = reference::stats(values);
+    assert_eq!(got.count, r.count, "{what}: count");
+    assert_eq!(got.nan_count, r.nan, "{what}: nan_count");
+    assert_eq!(got.inf_count, r.inf, "{what}: inf_count");
+    if r.count == 0 {
+        assert_eq!(got.sum, 0.0, "{what}: sum of nothing");
+        assert!(
+            got.mean.is_none() && got.min.is_none() && got.max.is_none() && got.var.is_none() && got.std.is_none(),
+            "{what}: empty stats must be None: {got:?}"
+        );
+        return;
+    }
+    let min = got.min.map(Number::as_f64).unwrap_or(f64::NAN);
+    let max = got.max.map(Number::as_f64).unwrap_or(f64::NAN);
+    assert_eq!(min, r.min, "{what}: min");
+    assert_eq!(max, r.max, "{what}: max");
+    assert!(rel_close(got.sum, r.sum, 0.0, 1e-9 * r.abs_sum + 1e-300), "{what}: sum {} vs {}", got.sum, r.sum);
+    let mean = got.mean.unwrap_or(f64::NAN);
+    assert!(rel_close(mean, r.mean, 1e-9, 1e-9 * r.abs_sum / r.count as f64), "{what}: mean {mean} vs {}", r.mean);
+    let var = got.var.unwrap_or(f64::NAN);
+    // Relative 1e-6, plus the cancellation floor of f64 on data with a large mean.
+    let floor = 1e-12 * r.mean * r.mean;
+    assert!(rel_close(var, r.var, 1e-6, floor), "{what}: var {var} vs {}", r.var);
+}
+
+/// A random boolean expression over the mixed table's columns.
+fn random_predicate(rng: &mut Rng, depth: u32) -> Expr {
+    let pick = |rng: &mut Rng, n: usize| (rng.uniform() * n as f64) as usize % n;
+    if depth > 0 && rng.uniform() < 0.4 {
+        let a = random_predicate(rng, depth - 1);
+        let b = random_predicate(rng, depth - 1);
+        return match pick(rng, 3) {
+            0 => a.and(b),
+            1 => a.or(b),
+            _ => !a,
+        };
+    }
+    let cmp = |a: Expr, b: Expr, k: usize| match k {
+        0 => a.lt(b),
+        1 => a.le(b),
+        2 => a.gt(b),
+        3 => a.ge(b),
+        4 => a.equals(b),
+        _ => a.not_equals(b),
+    };
+    let k = pick(rng, 6);
+    match pick(rng, 9) {
+        0 => cmp(col("a"), lit(rng.normal() * 3.0 + 1.0), k),
+        1 => cmp(col("k"), lit((rng.uniform() * 20.0) as i64), k),
+        2 => cmp(col("k"), lit(rng.uniform() * 20.0), k),
+        3 => cmp(col("i"), lit((rng.normal() * 1000.0) as i64), k),
+        4 => cmp(col("e"), lit((1i64 << 40) + (rng.normal() * 1e6) as i64), k),
+        5 => cmp(random_numeric(rng, 2), random_numeric(rng, 1), k),
+        6 => match pick(rng, 3) {
+            0 => col("c").is_nan(),
+            1 => col("a").is_inf(),
+            _ => col("d").is_finite(),
+        },
+        7 => col("flag").equals(lit(rng.uniform() < 0.5)),
+        _ => cmp(col("s"), lit((rng.uniform() * 600.0 - 300.0) as i64), k),
+    }
+}
+
+/// A random float expression.
+fn random_numeric(rng: &mut Rng, depth: u32) -> Expr {
+    let pick = |rng: &mut Rng, n: usize| (rng.uniform() * n as f64) as usize % n;
+    if depth == 0 || rng.uniform() < 0.3 {
+        return match pick(rng, 7) {
+            0 => col("a"),
+            1 => col("b"),
+            2 => col("c"),
+            3 => col("d"),
+            4 => col("i"),
+            5 => col("k"),
+            _ => lit(rng.normal() * 10.0),
+        };
+    }
+    let a = random_numeric(rng, depth - 1);
+    let b = random_numeric(rng, depth - 1);
+    match pick(rng, 12) {
+        0 => a + b,
+        1 => a - b,
+        2 => a * b,
+        3 => a / b,
+        4 => a.abs(),
+        5 => a.sqrt(),
+        6 => a.min(b),
+        7 => a.max(b),
+        8 => a.clip(lit(-2.0), lit(3.0)),
+        9 => -a,
+        10 => a.abs().log1p(),
+        _ => (a * lit(0.01)).exp(),
+    }
+}
+
+/// True when the expression uses a function whose f32 result may differ by an ulp from the
+/// correctly rounded f64 one (exp, log, log1p).
+fn uses_libm(e: &Expr) -> bool {
+    match &e.kind {
+        ExprKind::Call(f, args) => matches!(f, Func::Exp | Func::Log | Func::Log1p) || args.iter().any(uses_libm),
+        ExprKind::Neg(a) | ExprKind::Not(a) => uses_libm(a),
+        ExprKind::Binary(_, a, b) => uses_libm(a) || uses_libm(b),
+        ExprKind::Col(_) | ExprKind::Lit(_) => false,
+    }
+}
+
+fn raw_values(ds: &Dataset, name: &str, rows: &[u64]) -> Vec<f64> {
+    let c = ds.column_index(name).unwrap();
+    rows.iter().map(|&r| reference::raw_f64(ds, c, r)).collect()
+}
+
+#[test]
+fn stats_filters_and_groups_match_reference() {
+    let seed = seed("stats_filters_and_groups_match_reference");
+    let mut rng = Rng::new(seed);
+    let dir = TempDir::new("equiv");
+    for (si, &rows) in SIZES.iter().enumerate() {
+        let cols = mixed_columns(&mut rng, rows, if si % 2 == 0 { 0.05 } else { 0.3 });
+        let path = dir.path(&format!("t{rows}.safetensors"));
+        write_safetensors(&path, rows, &cols);
+        let ds = Dataset::open(&path).unwrap();
+        let names = ["a", "b", "c", "d", "k", "i", "e", "s", "u"];
+        for q in 0..4 {
+            let pred = if q == 0 { None } else { Some(random_predicate(&mut rng, 2)) };
+            let sel: Vec<u64> = match &pred {
+                None => (0..rows as u64).collect(),
+                Some(p) => reference::selected_rows(&ds, std::slice::from_ref(p), &[]),
+            };
+            let what = format!("rows={rows} filter={}", pred.as_ref().map_or("-".to_string(), |p| p.to_string()));
+            let mut first: Option<String> = None;
+            for dev in devices() {
+                for opts in budgets() {
+                    let mut lf = ds.lazy();
+                    if let Some(p) = &pred {
+                        lf = lf.filter(p.clone());
+                    }
+                    let r = lf.clone().aggregate([all_stats(names)]).collect_with(&dev, &opts).unwrap();
+                    assert_eq!(r.rows_selected, sel.len() as u64, "{what}: rows_selected");
+                    for n in names {
+                        check_stats(&format!("{what} col={n}"), r.column(n).unwrap(), &raw_values(&ds, n, &sel));
+                    }
+                    // Same backend, any tile size or thread count: bit-identical.
+                    let text = format!("{:?}", r.columns);
+                    match &first {
+                        None => first = Some(text),
+                        Some(f) => assert_eq!(f, &text, "{what}: results depend on the tile size or threads"),
+                    }
+                    // Group-by k.
+                    let g = lf.group_by("k").aggregate([all_stats(["a", "i"])]).collect_with(&dev, &opts).unwrap();
+                    let kc = ds.column_index("k").unwrap();
+                    let mut keys: Vec<i64> = sel.iter().map(|&r| reference::raw_f64(&ds, kc, r) as i64).collect();
+                    keys.sort();
+                    keys.dedup();
+                    assert_eq!(g.groups.iter().map(|g| g.key).collect::<Vec<_>>(), keys, "{what}: group keys");
+                    for grp in &g.groups {
+                        let rows_k: Vec<u64> = sel.iter().copied().filter(|&r| reference::raw_f64(&ds, kc, r) as i64 == grp.key).collect();
+                        assert_eq!(grp.rows, rows_k.len() as u64, "{what}: group {} rows", grp.key);
+                        for (n, s) in &grp.columns {
+                            check_stats(&format!("{what} group={} col={n}", grp.key), s, &raw_values(&ds, n, &rows_k));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn histograms_match_reference_exactly() {
+    let seed = seed("histograms_match_reference_exactly");
+    let mut rng = Rng::new(seed);
+    let dir = TempDir::new("hist");
+    for &rows in SIZES {
+        let cols = mixed_columns(&mut rng, rows, 0.1);
+        let path = dir.path(&format!("h{rows}.safetensors"));
+        write_safetensors(&path, rows, &cols);
+        let ds = Dataset::open(&path).unwrap();
+        for name in ["a", "c", "d", "i", "k", "b"] {
+            let bins = 1 + (rng.uniform() * 300.0) as u32;
+            let vals = raw_values(&ds, name, &(0..rows as u64).collect::<Vec<_>>());
+            let finite: Vec<f64> = vals.iter().copied().filter(|v| v.is_finite()).collect();
+            for dev in devices() {
+                let r = ds.lazy().aggregate([hist(name, bins)]).collect_with(&dev, &RunOptions::default());
+                if finite.is_empty() {
+                    assert!(matches!(r, Err(tilestream::Error::NoData(_))), "rows={rows} {name}: no finite value must be an error");
+                    continue;
+                }
+                let h = &r.unwrap().histograms[0];
+                let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                assert_eq!((h.lo, h.hi), (lo, hi), "rows={rows} {name}: range");
+                let (counts, below, above, nan) = reference::histogram(&vals, lo, hi, bins);
+                assert_eq!(h.counts, counts, "rows={rows} {name} bins={bins}");
+                assert_eq!((h.below, h.above, h.nan), (below, above, nan), "rows={rows} {name}");
+                // A fixed range with values outside it, and HI == LO.
+                let (a, b) = (rng.normal(), rng.normal());
+                let (lo, hi) = (a.min(b), a.max(b));
+                let h =
+                    &ds.lazy().aggregate([hist(name, bins).range(lo, hi)]).collect_with(&dev, &RunOptions::default()).unwrap().histograms
+                        [0];
+                assert_eq!(
+                    (h.counts.clone(), h.below, h.above, h.nan),
+                    reference::histogram(&vals, lo, hi, bins),
+                    "rows={rows} {name} range"
+                );
+                let h =
+                    &ds.lazy().aggregate([hist(name, bins).range(1.0, 1.0)]).collect_with(&dev, &RunOptions::default()).unwrap().histograms
+                        [0];
+                assert_eq!(
+                    (h.counts.clone(), h.below, h.above, h.nan),
+                    reference::histogram(&vals, 1.0, 1.0, bins),
+                    "rows={rows} {name} lo==hi"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn computed_columns_match_reference() {
+    let seed = seed("computed_columns_match_reference");
+    let mut rng = Rng::new(seed);
+    let dir = TempDir::new("with");
+    for &rows in &[1usize, 257, 8193, 20_000] {
+        let cols = mixed_columns(&mut rng, rows, 0.1);
+        let path = dir.path(&format!("w{rows}.safetensors"));
+        write_safetensors(&path, rows, &cols);
+        let ds = Dataset::open(&path).unwrap();
+        for _ in 0..25 {
+            let e = random_numeric(&mut rng, 3);
+            let with = vec![("z".to_string(), e.clone())];
+            let vals: Vec<f64> = (0..rows as u64)
+                .map(|r| match reference::eval(&ds, &col("z"), r, &with) {
+                    RefVal::F(f) => f,
+                    RefVal::I(i) => i as f32 as f64,
+                    RefVal::B(b) => b as u8 as f64,
+                })
+                .collect();
+            for dev in devices() {
+                let r =
+                    ds.lazy().with_column("z", e.clone()).aggregate([all_stats(["z"])]).collect_with(&dev, &RunOptions::default()).unwrap();
+                let got = r.column("z").unwrap();
+                let what = format!("rows={rows} z={e}");
+                if uses_libm(&e) {
+                    // exp/log/log1p in f32 may differ from the rounded f64 result by an ulp.
+                    let rs = reference::stats(&vals);
+                    assert!(got.count.abs_diff(rs.count) <= rows as u64 / 100 + 1, "{what}: count {} vs {}", got.count, rs.count);
+                } else {
+                    check_stats(&what, got, &vals);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn integer_comparisons_are_exact() {
+    let dir = TempDir::new("intcmp");
+    let rows = 5;
+    let ids: Vec<i64> = vec![16_777_216, 16_777_217, 16_777_218, -3, i64::MAX];
+    let path = dir.path("ids.safetensors");
+    write_safetensors(
+        &path,
+        rows,
+        &[ColData { name: "id".into(), dtype: tilestream::DType::I64, bytes: bytemuck::cast_slice(&ids).to_vec() }],
+    );
+    let ds = Dataset::open(&path).unwrap();
+    let count = |e: Expr| ds.lazy().filter(e).aggregate([all_stats(["id"])]).collect(&Device::Cpu).unwrap().rows_selected;
+    assert_eq!(count(col("id").equals(lit(16_777_217i64))), 1);
+    assert_eq!(count(col("id").gt(lit(16_777_216i64))), 3);
+    assert_eq!(count(col("id").lt(lit(-2.5))), 1);
+    assert_eq!(count(col("id").le(lit(-3.0))), 1);
+    assert_eq!(count(col("id").equals(lit(16_777_217.5))), 0);
+    assert_eq!(count(col("id").not_equals(lit(16_777_217.5))), 5);
+    assert_eq!(count(col("id").lt(lit(f64::INFINITY))), 5);
+    assert_eq!(count(col("id").gt(lit(1e300))), 0);
+    assert_eq!(count(col("id").ge(lit(f64::NAN))), 0);
+    let r = ds.lazy().aggregate([all_stats(["id"])]).collect(&Device::Cpu).unwrap();
+    assert_eq!(r.column("id").unwrap().max, Some(Number::Int(i64::MAX as i128)));
+}
+
+#[test]
+fn large_mean_small_spread_variance() {
+    let seed = seed("large_mean_small_spread_variance");
+    let mut rng = Rng::new(seed);
+    let dir = TempDir::new("var");
+    let rows = 1_000_000;
+    let x: Vec<f32> = (0..rows).map(|_| (10_000.0 + rng.normal()) as f32).collect();
+    let path = dir.path("v.safetensors");
+    write_safetensors(
+        &path,
+        rows,
+        &[ColData { name: "x".into(), dtype: tilestream::DType::F32, bytes: bytemuck::cast_slice(&x).to_vec() }],
+    );
+    let ds = Dataset::open(&path).unwrap();
+    let v: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let mean = v.iter().sum::<f64>() / rows as f64;
+    let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / rows as f64;
+    for dev in devices() {
+        let s = *ds.lazy().aggregate([all_stats(["x"])]).collect(&dev).unwrap().column("x").unwrap();
+        let got = s.var.unwrap();
+        assert!((got - var).abs() <= 1e-6 * var, "var {got} vs two-pass {var}");
+        assert!((s.std.unwrap() - var.sqrt()).abs() <= 1e-6 * var.sqrt());
+    }
+}
+
+#[test]
+fn sum_of_1e8_rows_is_within_1e9_of_abs_sum() {
+    let seed = seed("sum_of_1e8_rows_is_within_1e9_of_abs_sum");
+    let mut rng = Rng::new(seed);
+    let dir = TempDir::new("sum");
+    let rows = 100_000_000usize;
+    let x: Vec<f32> = (0..rows).map(|_| (rng.normal() * 100.0 + 3.0) as f32).collect();
+    let (mut s, mut c, mut abs) = (0.0f64, 0.0f64, 0.0f64);
+    for &v in &x {
+        let v = v as f64;
+        abs += v.abs();
+        let y = v - c;
+        let t = s + y;
+        c = (t - s) - y;
+        s = t;
+    }
+    let path = dir.path("big.safetensors");
+    write_safetensors(
+        &path,
+        rows,
+        &[ColData { name: "x".into(), dtype: tilestream::DType::F32, bytes: bytemuck::cast_slice(&x).to_vec() }],
+    );
+    drop(x);
+    let ds = Dataset::open(&path).unwrap();
+    let got = ds.lazy().aggregate([all_stats(["x"])]).collect(&Device::Cpu).unwrap().column("x").unwrap().sum;
+    assert!((got - s).abs() <= 1e-9 * abs, "sum {got} vs compensated {s} (abs sum {abs})");
+}
+
+#[test]
+fn expressions_type_errors_point_at_position() {
+    let dir = TempDir::new("types");
+    let mut rng = Rng::new(3);
+    let cols = mixed_columns(&mut rng, 10, 0.0);
+    let path = dir.path("t.safetensors");
+    write_safetensors(&path, 10, &cols);
+    let ds = Dataset::open(&path).unwrap();
+    let run = |text: &str| ds.lazy().filter(tilestream::parse_expr(text).unwrap()).aggregate([all_stats(["a"])]).collect(&Device::Cpu);
+    match run("a > 1 && (flag + 1 > 2)") {
+        Err(tilestream::Error::Expr { position, message, .. }) => {
+            assert_eq!(position, 10, "{message}");
+            assert!(message.contains("boolean"), "{message}");
+        }
+        other => panic!("expected a type error, got {other:?}"),
+    }
+    match run("a + 1") {
+        Err(tilestream::Error::Expr { message, .. }) => assert!(message.contains("boolean"), "{message}"),
+        other => panic!("expected a type error, got {other:?}"),
+    }
+    match run("nope > 1") {
+        Err(tilestream::Error::Expr { position, message, .. }) => {
+            assert_eq!(position, 0);
+            assert!(message.contains("unknown column `nope`"), "{message}");
+        }
+        other => panic!("expected an unknown-column error, got {other:?}"),
+    }
+    let _ = (BinOp::Add, Literal::Int(0));
+}
