@@ -190,15 +190,35 @@ impl Accumulator for StatsAcc {
         let sum = if self.inf > 0 { self.sum } else { self.sum + self.sum_comp };
         let empty = self.count == 0;
         let n = self.count as f64;
-        let var = if empty { None } else if self.inf > 0 { Some(f64::NAN) } else { Some(self.m2 / n) };
+        let var = if empty {
+            None
+        } else if self.inf > 0 {
+            Some(f64::NAN)
+        } else {
+            Some(self.m2 / n)
+        };
         let int = self.imin <= self.imax;
-        let bound = |f: f64, i: i128| if empty { None } else if int { Some(Number::Int(i)) } else { Some(Number::Float(f)) };
+        let bound = |f: f64, i: i128| {
+            if empty {
+                None
+            } else if int {
+                Some(Number::Int(i))
+            } else {
+                Some(Number::Float(f))
+            }
+        };
         ColumnStats {
             count: self.count,
             nan_count: self.nan,
             inf_count: self.inf,
             sum: if empty { 0.0 } else { sum },
-            mean: if empty { None } else if self.inf > 0 { Some(sum / n) } else { Some(self.mean) },
+            mean: if empty {
+                None
+            } else if self.inf > 0 {
+                Some(sum / n)
+            } else {
+                Some(self.mean)
+            },
             min: bound(self.min, self.imin),
             max: bound(self.max, self.imax),
             var,

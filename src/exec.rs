@@ -70,7 +70,13 @@ pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
 }
 
 /// Runs one pass of `prog` over the whole dataset on `backend`.
-pub(crate) fn run<B: Backend>(backend: &B, prog: &FusedProgram, ds: &Dataset, opts: &RunOptions, mut sink: Option<&mut TableWriter>) -> Result<PassOutput> {
+pub(crate) fn run<B: Backend>(
+    backend: &B,
+    prog: &FusedProgram,
+    ds: &Dataset,
+    opts: &RunOptions,
+    mut sink: Option<&mut TableWriter>,
+) -> Result<PassOutput> {
     let prep = backend.prepare(prog, ds)?;
     let rows = ds.rows();
     let tile = tile_rows(prog, ds, opts.memory_budget);

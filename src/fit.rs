@@ -195,7 +195,9 @@ impl Fit {
         let cast = match o.get("cast") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(
-                DType::from_name(s).filter(|d| matches!(d, DType::F32 | DType::F16 | DType::BF16)).ok_or_else(|| format!("cast `{s}` is not f32, f16 or bf16"))?,
+                DType::from_name(s)
+                    .filter(|d| matches!(d, DType::F32 | DType::F16 | DType::BF16))
+                    .ok_or_else(|| format!("cast `{s}` is not f32, f16 or bf16"))?,
             ),
             Some(other) => return Err(format!("cast: expected a string, found {other}")),
         };

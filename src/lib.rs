@@ -34,7 +34,6 @@ pub mod error;
 pub mod exec;
 pub mod expr;
 pub mod fit;
-pub mod synth;
 pub mod limits;
 pub mod ops;
 mod parse;
@@ -44,6 +43,7 @@ pub mod program;
 pub mod reference;
 pub mod sink;
 pub mod source;
+pub mod synth;
 
 pub use accum::{ColumnStats, Number};
 pub use backend::Device;
@@ -54,7 +54,7 @@ pub use expr::{Expr, col, lit};
 pub use fit::Fit;
 pub use parse::parse_expr;
 pub use plan::{
-    Aggregate, AggregateQuery, AggregateResult, Cols, GroupStats, Histogram, LazyFrame, RunReport, SinkOptions, SinkReport, Transform, TransformQuery,
-    all_stats, apply_fit, hist,
+    Aggregate, AggregateQuery, AggregateResult, Cols, GroupStats, Histogram, LazyFrame, RunReport, SinkOptions, SinkReport, Transform,
+    TransformQuery, all_stats, apply_fit, hist,
 };
 pub use source::{Dataset, FileKind};

@@ -82,10 +82,7 @@ fn parse(text: &str) -> PResult<Expr> {
     match t.tok {
         Tok::End => Ok(*node.expr),
         Tok::RParen => Err(parser.error(t.pos, "unmatched `)`")),
-        _ => Err(parser.error(
-            t.pos,
-            format!("unexpected {}; expected an operator or the end of the expression", parser.describe(t)),
-        )),
+        _ => Err(parser.error(t.pos, format!("unexpected {}; expected an operator or the end of the expression", parser.describe(t)))),
     }
 }
 
@@ -187,8 +184,7 @@ impl<'a> Lexer<'a> {
             (b, _) if b.is_ascii_alphabetic() || b == b'_' => return Ok(self.word(pos)),
             _ => {
                 let c = self.text.get(pos..).and_then(|s| s.chars().next()).unwrap_or('?');
-                let hint =
-                    if c.is_alphabetic() { "; write column names outside [A-Za-z0-9_] in backticks" } else { "" };
+                let hint = if c.is_alphabetic() { "; write column names outside [A-Za-z0-9_] in backticks" } else { "" };
                 return Err(expr_error(self.text, pos, format!("unexpected character `{c}`{hint}")));
             }
         };
@@ -200,11 +196,7 @@ impl<'a> Lexer<'a> {
         let body_start = pos + 1;
         let rest = self.text.get(body_start..).unwrap_or("");
         let Some(len) = rest.find('`') else {
-            return Err(expr_error(
-                self.text,
-                pos,
-                "unterminated backtick: a column name in backticks needs a closing `",
-            ));
+            return Err(expr_error(self.text, pos, "unterminated backtick: a column name in backticks needs a closing `"));
         };
         if len == 0 {
             return Err(expr_error(self.text, pos, "empty column name in backticks"));
@@ -260,8 +252,7 @@ impl<'a> Lexer<'a> {
         }
         if bytes.get(end).is_some_and(|&b| is_ident_byte(b) || b == b'.') {
             // `end` < len here, so `bytes[end..]` is in range.
-            let bad_end =
-                bytes[end..].iter().position(|&b| !(is_ident_byte(b) || b == b'.')).map_or(bytes.len(), |n| end + n);
+            let bad_end = bytes[end..].iter().position(|&b| !(is_ident_byte(b) || b == b'.')).map_or(bytes.len(), |n| end + n);
             // Everything in pos..bad_end is ASCII, so the slice is on char boundaries.
             return Err(expr_error(self.text, pos, format!("malformed number `{}`", &self.text[pos..bad_end])));
         }
@@ -932,10 +923,7 @@ mod tests {
     #[test]
     fn error_display_has_caret() {
         let Err(e) = parse_expr("a = b") else { panic!("must fail") };
-        assert_eq!(
-            e.to_string(),
-            "expression error at position 2: `=` is not an operator; use == to compare\n  a = b\n    ^"
-        );
+        assert_eq!(e.to_string(), "expression error at position 2: `=` is not an operator; use == to compare\n  a = b\n    ^");
     }
 
     /// Runs `f` on a thread with a 2 MiB stack (the default for spawned threads and tests), to
@@ -1129,9 +1117,7 @@ mod tests {
     fn display_round_trips_random_seed() {
         let seed = match std::env::var("PARSE_SEED") {
             Ok(s) => s.parse().unwrap_or_else(|_| panic!("PARSE_SEED must be a u64, got {s:?}")),
-            Err(_) => {
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-            }
+            Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64),
         };
         check_round_trip(seed, 3000);
     }

@@ -755,7 +755,7 @@ fn write(
     let mut writer = TableWriter::create(path, format, cols, lf.ds.rows(), sink.force)?;
     let out = run_pass(device, &prog, &lf.ds, opts, Some(&mut writer))?;
     account(&mut report, device, &prog, &lf.ds, &out);
-    let rows_written = writer.finish()?;
+    let rows_written = writer.finish_unless(opts.cancel.as_deref())?;
     Ok(SinkReport {
         rows_written,
         columns: prog.outputs.iter().zip(&out.out_counts).map(|(o, c)| (o.name.clone(), o.dtype, c.0, c.1)).collect(),

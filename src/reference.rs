@@ -99,7 +99,9 @@ pub fn eval(ds: &Dataset, e: &Expr, row: u64, with: &[(String, Expr)]) -> RefVal
                         (RefVal::I(i), RefVal::I(j)) => Some(i.cmp(&j)),
                         (RefVal::B(i), RefVal::B(j)) => Some(i.cmp(&j)),
                         (RefVal::I(i), RefVal::F(_)) if float_literal(b).is_some() => cmp_int_real(i, float_literal(b).unwrap_or(0.0)),
-                        (RefVal::F(_), RefVal::I(j)) if float_literal(a).is_some() => cmp_int_real(j, float_literal(a).unwrap_or(0.0)).map(|o| o.reverse()),
+                        (RefVal::F(_), RefVal::I(j)) if float_literal(a).is_some() => {
+                            cmp_int_real(j, float_literal(a).unwrap_or(0.0)).map(|o| o.reverse())
+                        }
                         _ => as_float(x).partial_cmp(&as_float(y)),
                     };
                     RefVal::B(match ord {

@@ -488,7 +488,8 @@ fn run_block_impl(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scra
                     let c = &ds.columns()[col];
                     let span = ds.column_span(col, r0, r0 + n as u64);
                     copy_raw(span, c.stride as usize, c.dtype.size(), n, sel, outs[k]);
-                    (0, 0)
+                    let m = sel.map_or(n, |s| s.len());
+                    (count_nan(c.dtype, &outs[k][..m * c.dtype.size()]), 0)
                 }
                 _ => write_output(spec, source_view(&spec.source), n, sel, fbuf, dbuf, hbuf, outs[k]),
             };
@@ -835,7 +836,9 @@ fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, counts: &mut [u
         } else {
             0.0
         };
-        let c = t as u32;
+        // SAFETY: t is finite and in [0, bins - 1] (NaN fails both comparisons above and
+        // becomes 0), so the conversion is exact; the unchecked form vectorizes.
+        let c = unsafe { t.to_int_unchecked::<i32>() } as u32;
         let c = if v < lo { bins } else { c };
         let c = if v > hi { bins + 1 } else { c };
         let c = if v.is_nan() { bins + 2 } else { c };
@@ -988,6 +991,23 @@ fn group_accumulate<T: Elem>(x: &[T], slots: &[u32], acc: &mut [BlockStats]) {
             a.imin = a.imin.min(v.i128());
             a.imax = a.imax.max(v.i128());
         }
+    }
+}
+
+/// NaN values among little-endian elements of a float dtype (0 for other dtypes).
+#[inline(always)]
+fn count_nan(dtype: DType, bytes: &[u8]) -> u64 {
+    match dtype {
+        DType::F32 => {
+            bytes.chunks_exact(4).map(|b| (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff > 0x7f80_0000) as u64).sum()
+        }
+        DType::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| (u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) & (u64::MAX >> 1) > 0x7ff0_0000_0000_0000) as u64)
+            .sum(),
+        DType::F16 => bytes.chunks_exact(2).map(|b| (u16::from_le_bytes([b[0], b[1]]) & 0x7fff > 0x7c00) as u64).sum(),
+        DType::BF16 => bytes.chunks_exact(2).map(|b| (u16::from_le_bytes([b[0], b[1]]) & 0x7fff > 0x7f80) as u64).sum(),
+        _ => 0,
     }
 }
 

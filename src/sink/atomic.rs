@@ -40,10 +40,7 @@ impl AtomicFile {
     /// longer exist.
     pub fn create(target: &Path, force: bool) -> Result<AtomicFile> {
         let Some(file_name) = target.file_name() else {
-            return Err(Error::io(
-                target,
-                io::Error::new(ErrorKind::InvalidInput, "output path has no file name"),
-            ));
+            return Err(Error::io(target, io::Error::new(ErrorKind::InvalidInput, "output path has no file name")));
         };
         if !force && exists(target)? {
             return Err(already_exists(target));
@@ -61,22 +58,9 @@ impl AtomicFile {
             let mut name = prefix.clone();
             name.push(format!("{pid}-{n}.tmp"));
             let temp = dir.join(name);
-            match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&temp)
-            {
+            match OpenOptions::new().read(true).write(true).create_new(true).mode(0o644).open(&temp) {
                 Ok(file) => {
-                    return Ok(AtomicFile {
-                        file,
-                        temp,
-                        target: target.to_path_buf(),
-                        dir,
-                        force,
-                        committed: false,
-                    });
+                    return Ok(AtomicFile { file, temp, target: target.to_path_buf(), dir, force, committed: false });
                 }
                 // Left over from an earlier process that had our pid: take the next number.
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
@@ -105,8 +89,17 @@ impl AtomicFile {
     /// Without `force`, a target that appeared after [`create`](AtomicFile::create) is not
     /// replaced (the rename fails with `AlreadyExists`). On failure the temporary file is
     /// removed and the target is left as it was.
-    pub fn commit(mut self) -> Result<()> {
-        self.file.sync_all().map_err(|e| Error::io(&self.temp, e))?;
+    pub fn commit(self) -> Result<()> {
+        self.commit_unless(None)
+    }
+
+    /// [`commit`](Self::commit), but returns [`Error::Interrupted`] and removes the temporary
+    /// file instead of renaming it when `cancel` is set after the fsync.
+    pub fn commit_unless(mut self, cancel: Option<&std::sync::atomic::AtomicBool>) -> Result<()> {
+        self.file.sync_all().map_err(|e| Error::io(&self.target, e))?;
+        if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst)) {
+            return Err(Error::Interrupted);
+        }
         if self.force {
             fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?;
         } else {
@@ -139,13 +132,7 @@ fn temp_prefix(file_name: &OsStr) -> OsString {
 }
 
 fn already_exists(target: &Path) -> Error {
-    Error::io(
-        target,
-        io::Error::new(
-            ErrorKind::AlreadyExists,
-            "output exists; pass --force to overwrite",
-        ),
-    )
+    Error::io(target, io::Error::new(ErrorKind::AlreadyExists, "output exists; pass --force to overwrite"))
 }
 
 /// True if anything (a dangling symlink included) is at `path`.
@@ -197,26 +184,14 @@ fn parse_temp_suffix(rest: &[u8]) -> Option<u32> {
 /// back to an existence check followed by a plain rename.
 fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
     let c_path = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes()).map_err(|_| {
-            Error::io(
-                p,
-                io::Error::new(ErrorKind::InvalidInput, "path contains a NUL byte"),
-            )
-        })
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| Error::io(p, io::Error::new(ErrorKind::InvalidInput, "path contains a NUL byte")))
     };
     let c_from = c_path(from)?;
     let c_to = c_path(to)?;
     // SAFETY: both pointers are valid NUL-terminated strings that outlive the call;
     // renameat2 does not retain them.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            c_from.as_ptr(),
-            libc::AT_FDCWD,
-            c_to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, c_from.as_ptr(), libc::AT_FDCWD, c_to.as_ptr(), libc::RENAME_NOREPLACE) };
     if rc == 0 {
         return Ok(());
     }
@@ -241,18 +216,14 @@ mod tests {
 
     /// A fresh, empty directory unique to one test.
     fn test_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("tilestream-atomic-{}-{}", std::process::id(), name));
+        let dir = std::env::temp_dir().join(format!("tilestream-atomic-{}-{}", std::process::id(), name));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
     }
 
     fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
     }
@@ -265,10 +236,7 @@ mod tests {
         let temp = f.temp_path().to_path_buf();
         let name = temp.file_name().unwrap().to_str().unwrap().to_owned();
         let pid = std::process::id();
-        assert!(
-            name.starts_with(&format!(".out.bin.tilestream-{pid}-")) && name.ends_with(".tmp"),
-            "{name}"
-        );
+        assert!(name.starts_with(&format!(".out.bin.tilestream-{pid}-")) && name.ends_with(".tmp"), "{name}");
         assert_eq!(f.target(), target);
         let mode = fs::metadata(&temp).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & !0o644, 0, "mode {mode:o}");

@@ -52,10 +52,7 @@ impl OutputFormat {
         match ext {
             Some(e) if e.eq_ignore_ascii_case("safetensors") => Ok(OutputFormat::Safetensors),
             Some(e) if e.eq_ignore_ascii_case("npy") => Ok(OutputFormat::Npy),
-            _ => Err(Error::plan(format!(
-                "output must end in .safetensors or .npy: {}",
-                path.display()
-            ))),
+            _ => Err(Error::plan(format!("output must end in .safetensors or .npy: {}", path.display()))),
         }
     }
 }
@@ -134,22 +131,8 @@ impl TableWriter {
     /// named `__metadata__`, an npy table without columns, with a bf16 column or with
     /// mixed dtypes, or a `max_rows` whose data would not fit a file offset. Fails if
     /// `target` exists and `force` is false.
-    pub fn create(
-        target: &Path,
-        format: OutputFormat,
-        columns: Vec<OutputColumn>,
-        max_rows: u64,
-        force: bool,
-    ) -> Result<TableWriter> {
-        Self::create_with(
-            target,
-            format,
-            columns,
-            max_rows,
-            force,
-            STAGE_BYTES,
-            COPY_CHUNK,
-        )
+    pub fn create(target: &Path, format: OutputFormat, columns: Vec<OutputColumn>, max_rows: u64, force: bool) -> Result<TableWriter> {
+        Self::create_with(target, format, columns, max_rows, force, STAGE_BYTES, COPY_CHUNK)
     }
 
     /// [`create`](TableWriter::create) with explicit buffer sizes (tests use tiny ones).
@@ -165,36 +148,22 @@ impl TableWriter {
         check_names(&columns, format)?;
         let sizes: Vec<usize> = columns.iter().map(|c| c.dtype.size()).collect();
         let row_bytes: usize = sizes.iter().sum();
-        let too_large = || {
-            Error::plan(format!(
-                "{}: {max_rows} rows of {row_bytes} bytes do not fit in a file",
-                target.display()
-            ))
-        };
+        let too_large = || Error::plan(format!("{}: {max_rows} rows of {row_bytes} bytes do not fit in a file", target.display()));
         let (layout, data_start) = match format {
             OutputFormat::Safetensors => {
-                let json_len = safetensors_json(&columns, max_rows)
-                    .ok_or_else(too_large)?
-                    .len();
+                let json_len = safetensors_json(&columns, max_rows).ok_or_else(too_large)?.len();
                 let json_room = round_up(8 + json_len, 8) - 8;
                 let data_start = 8 + json_room as u64;
                 let mut capacity = Vec::with_capacity(columns.len());
                 let mut prefix = Vec::with_capacity(columns.len());
                 let mut before = 0usize;
                 for &size in &sizes {
-                    let offset = max_rows
-                        .checked_mul(before as u64)
-                        .and_then(|b| b.checked_add(data_start))
-                        .ok_or_else(too_large)?;
+                    let offset = max_rows.checked_mul(before as u64).and_then(|b| b.checked_add(data_start)).ok_or_else(too_large)?;
                     capacity.push(offset);
                     prefix.push(before);
                     before += size;
                 }
-                let layout = Layout::Safetensors {
-                    json_room,
-                    capacity,
-                    prefix,
-                };
+                let layout = Layout::Safetensors { json_room, capacity, prefix };
                 (layout, data_start)
             }
             OutputFormat::Npy => {
@@ -205,23 +174,14 @@ impl TableWriter {
                 } else {
                     (2, round_up(12 + dict_len + 1, 64))
                 };
-                let layout = Layout::Npy {
-                    descr,
-                    version,
-                    header_len,
-                };
+                let layout = Layout::Npy { descr, version, header_len };
                 (layout, header_len as u64)
             }
         };
         // The whole table must be addressable with u64 offsets.
-        max_rows
-            .checked_mul(row_bytes as u64)
-            .and_then(|b| b.checked_add(data_start))
-            .ok_or_else(too_large)?;
+        max_rows.checked_mul(row_bytes as u64).and_then(|b| b.checked_add(data_start)).ok_or_else(too_large)?;
 
-        let stage_rows = (stage_bytes / row_bytes.max(1))
-            .min(usize::try_from(max_rows).unwrap_or(usize::MAX))
-            .max(1);
+        let stage_rows = (stage_bytes / row_bytes.max(1)).min(usize::try_from(max_rows).unwrap_or(usize::MAX)).max(1);
         let file = AtomicFile::create(target, force)?;
         Ok(TableWriter {
             file,
@@ -309,31 +269,25 @@ impl TableWriter {
 
     /// Writes the header for the actual row count, makes the file exact and renames it
     /// over the target. Returns the number of rows written.
-    pub fn finish(mut self) -> Result<u64> {
+    pub fn finish(self) -> Result<u64> {
+        self.finish_unless(None)
+    }
+
+    /// [`finish`](Self::finish), but gives up with [`Error::Interrupted`] (leaving nothing at
+    /// the target) if `cancel` is set once the data is on disk, just before the rename.
+    pub fn finish_unless(mut self, cancel: Option<&std::sync::atomic::AtomicBool>) -> Result<u64> {
         self.check_usable()?;
         self.flush()?;
         let rows = self.written;
-        let temp = self.file.temp_path().to_path_buf();
+        let temp = self.file.target().to_path_buf();
         let (header, data_start) = match &self.layout {
-            Layout::Safetensors {
-                json_room,
-                capacity,
-                prefix,
-            } => {
+            Layout::Safetensors { json_room, capacity, prefix } => {
                 let data_start = 8 + *json_room as u64;
                 if rows < self.max_rows {
                     for k in 1..self.columns.len() {
                         let to = data_start + rows * prefix[k] as u64;
                         let len = rows * self.sizes[k] as u64;
-                        move_down(
-                            self.file.file(),
-                            &temp,
-                            capacity[k],
-                            to,
-                            len,
-                            self.copy_chunk,
-                            &mut self.buf,
-                        )?;
+                        move_down(self.file.file(), &temp, capacity[k], to, len, self.copy_chunk, &mut self.buf)?;
                     }
                 }
                 let json = safetensors_json(&self.columns, rows)
@@ -345,32 +299,24 @@ impl TableWriter {
                 header.resize(8 + json_room, b' ');
                 (header, data_start)
             }
-            Layout::Npy {
-                descr,
-                version,
-                header_len,
-            } => {
+            Layout::Npy { descr, version, header_len } => {
                 let header = npy_header(descr, *version, *header_len, rows, self.columns.len())
                     .ok_or_else(|| internal(&temp, "npy header outgrew its room"))?;
                 (header, *header_len as u64)
             }
         };
         let file = self.file.file();
-        file.write_all_at(&header, 0)
-            .map_err(|e| Error::io(&temp, e))?;
+        file.write_all_at(&header, 0).map_err(|e| Error::io(&temp, e))?;
         // Cannot overflow: checked for max_rows >= rows in `create`.
         let end = data_start + rows * self.row_bytes as u64;
         file.set_len(end).map_err(|e| Error::io(&temp, e))?;
-        self.file.commit()?;
+        self.file.commit_unless(cancel)?;
         Ok(rows)
     }
 
     fn check_usable(&self) -> Result<()> {
         if self.failed {
-            Err(Error::plan(format!(
-                "{}: an earlier write failed; the output is incomplete",
-                self.file.temp_path().display()
-            )))
+            Err(Error::plan(format!("{}: an earlier write failed; the output is incomplete", self.file.temp_path().display())))
         } else {
             Ok(())
         }
@@ -381,20 +327,14 @@ impl TableWriter {
         if self.pending + rows > self.stage_rows {
             self.flush()?;
         }
-        let Layout::Safetensors {
-            capacity, prefix, ..
-        } = &self.layout
-        else {
+        let Layout::Safetensors { capacity, prefix, .. } = &self.layout else {
             return Err(internal(self.file.temp_path(), "layout mismatch"));
         };
         if rows >= self.stage_rows {
             // A large tile (and nothing pending): write it straight from the caller.
             for ((data, &cap), &size) in columns.iter().zip(capacity).zip(&self.sizes) {
                 let offset = cap + self.written * size as u64;
-                self.file
-                    .file()
-                    .write_all_at(data, offset)
-                    .map_err(|e| Error::io(self.file.temp_path(), e))?;
+                self.file.file().write_all_at(data, offset).map_err(|e| Error::io(self.file.target(), e))?;
             }
             self.written += rows as u64;
             return Ok(());
@@ -420,10 +360,7 @@ impl TableWriter {
         if let ([data], 0, true) = (columns, self.pending, rows >= self.stage_rows) {
             // One column is already row-major: write a large tile straight from the caller.
             let offset = self.data_start() + self.written * self.row_bytes as u64;
-            self.file
-                .file()
-                .write_all_at(data, offset)
-                .map_err(|e| Error::io(self.file.temp_path(), e))?;
+            self.file.file().write_all_at(data, offset).map_err(|e| Error::io(self.file.target(), e))?;
             self.written += rows as u64;
             return Ok(());
         }
@@ -452,24 +389,20 @@ impl TableWriter {
             return Ok(());
         }
         let file = self.file.file();
-        let temp = self.file.temp_path();
+        let temp = self.file.target();
         match &self.layout {
-            Layout::Safetensors {
-                capacity, prefix, ..
-            } => {
+            Layout::Safetensors { capacity, prefix, .. } => {
                 for ((&cap, &before), &size) in capacity.iter().zip(prefix).zip(&self.sizes) {
                     let start = self.stage_rows * before;
                     let data = &self.buf[start..start + self.pending * size];
                     let offset = cap + self.written * size as u64;
-                    file.write_all_at(data, offset)
-                        .map_err(|e| Error::io(temp, e))?;
+                    file.write_all_at(data, offset).map_err(|e| Error::io(temp, e))?;
                 }
             }
             Layout::Npy { header_len, .. } => {
                 let data = &self.buf[..self.pending * self.row_bytes];
                 let offset = *header_len as u64 + self.written * self.row_bytes as u64;
-                file.write_all_at(data, offset)
-                    .map_err(|e| Error::io(temp, e))?;
+                file.write_all_at(data, offset).map_err(|e| Error::io(temp, e))?;
             }
         }
         self.written += self.pending as u64;
@@ -489,15 +422,10 @@ impl TableWriter {
 fn check_names(columns: &[OutputColumn], format: OutputFormat) -> Result<()> {
     for (i, c) in columns.iter().enumerate() {
         if columns[..i].iter().any(|d| d.name == c.name) {
-            return Err(Error::plan(format!(
-                "output column {:?} appears more than once",
-                c.name
-            )));
+            return Err(Error::plan(format!("output column {:?} appears more than once", c.name)));
         }
         if format == OutputFormat::Safetensors && c.name == "__metadata__" {
-            return Err(Error::plan(
-                "an output column cannot be named __metadata__ in .safetensors",
-            ));
+            return Err(Error::plan("an output column cannot be named __metadata__ in .safetensors"));
         }
     }
     Ok(())
@@ -506,15 +434,10 @@ fn check_names(columns: &[OutputColumn], format: OutputFormat) -> Result<()> {
 /// The one npy descr shared by all columns.
 fn npy_descr(columns: &[OutputColumn]) -> Result<&'static str> {
     let Some(first) = columns.first() else {
-        return Err(Error::plan(
-            "an .npy output needs at least one column (use .safetensors for an empty table)",
-        ));
+        return Err(Error::plan("an .npy output needs at least one column (use .safetensors for an empty table)"));
     };
     if let Some(c) = columns.iter().find(|c| c.dtype.npy_descr().is_none()) {
-        return Err(Error::plan(format!(
-            "column {} is {}, which .npy cannot store; write .safetensors instead",
-            c.name, c.dtype
-        )));
+        return Err(Error::plan(format!("column {} is {}, which .npy cannot store; write .safetensors instead", c.name, c.dtype)));
     }
     if let Some(c) = columns.iter().find(|c| c.dtype != first.dtype) {
         return Err(Error::plan(format!(
@@ -523,10 +446,7 @@ fn npy_descr(columns: &[OutputColumn]) -> Result<&'static str> {
             first.name, first.dtype, c.name, c.dtype
         )));
     }
-    first
-        .dtype
-        .npy_descr()
-        .ok_or_else(|| Error::plan("no npy dtype"))
+    first.dtype.npy_descr().ok_or_else(|| Error::plan("no npy dtype"))
 }
 
 /// The safetensors JSON header for `rows` rows (no padding); `None` on overflow.
@@ -541,10 +461,7 @@ fn safetensors_json(columns: &[OutputColumn], rows: u64) -> Option<String> {
             json.push(',');
         }
         json.push_str(&serde_json::to_string(&c.name).ok()?);
-        json.push_str(&format!(
-            r#":{{"dtype":"{}","shape":[{rows}],"data_offsets":[{offset},{end}]}}"#,
-            c.dtype.safetensors_name()
-        ));
+        json.push_str(&format!(r#":{{"dtype":"{}","shape":[{rows}],"data_offsets":[{offset},{end}]}}"#, c.dtype.safetensors_name()));
         offset = end;
     }
     json.push('}');
@@ -557,13 +474,7 @@ fn npy_dict(descr: &str, rows: u64, columns: usize) -> String {
 }
 
 /// The complete npy header of exactly `header_len` bytes; `None` if it does not fit.
-fn npy_header(
-    descr: &str,
-    version: u8,
-    header_len: usize,
-    rows: u64,
-    columns: usize,
-) -> Option<Vec<u8>> {
+fn npy_header(descr: &str, version: u8, header_len: usize, rows: u64, columns: usize) -> Option<Vec<u8>> {
     let dict = npy_dict(descr, rows, columns);
     let mut header = Vec::with_capacity(header_len);
     header.extend_from_slice(b"\x93NUMPY");
@@ -599,10 +510,7 @@ fn interleave(dst: &mut [u8], columns: &[&[u8]], first: usize, size: usize, row_
                 4 => scatter::<4>(block, src, at, row_bytes),
                 8 => scatter::<8>(block, src, at, row_bytes),
                 _ => {
-                    for (row, s) in block
-                        .chunks_exact_mut(row_bytes)
-                        .zip(src.chunks_exact(size))
-                    {
+                    for (row, s) in block.chunks_exact_mut(row_bytes).zip(src.chunks_exact(size)) {
                         row[at..at + size].copy_from_slice(s);
                     }
                 }
@@ -624,15 +532,7 @@ fn scatter<const S: usize>(dst: &mut [u8], src: &[u8], at: usize, row_bytes: usi
 ///
 /// Each piece is read before it is written, and it is written below the next piece's
 /// source, so overlapping ranges are copied correctly.
-fn move_down(
-    file: &File,
-    path: &Path,
-    from: u64,
-    to: u64,
-    len: u64,
-    chunk: usize,
-    buf: &mut Vec<u8>,
-) -> Result<()> {
+fn move_down(file: &File, path: &Path, from: u64, to: u64, len: u64, chunk: usize, buf: &mut Vec<u8>) -> Result<()> {
     if len == 0 || from == to {
         return Ok(());
     }
@@ -647,10 +547,8 @@ fn move_down(
     while done < len {
         let n = usize::try_from(len - done).unwrap_or(usize::MAX).min(piece);
         let part = &mut buf[..n];
-        file.read_exact_at(part, from + done)
-            .map_err(|e| Error::io(path, e))?;
-        file.write_all_at(part, to + done)
-            .map_err(|e| Error::io(path, e))?;
+        file.read_exact_at(part, from + done).map_err(|e| Error::io(path, e))?;
+        file.write_all_at(part, to + done).map_err(|e| Error::io(path, e))?;
         done += n as u64;
     }
     Ok(())
@@ -673,27 +571,20 @@ mod tests {
 
     /// A fresh, empty directory unique to one test.
     fn test_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("tilestream-table-{}-{}", std::process::id(), name));
+        let dir = std::env::temp_dir().join(format!("tilestream-table-{}-{}", std::process::id(), name));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
     }
 
     fn dir_names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
     }
 
     fn col(name: &str, dtype: DType) -> OutputColumn {
-        OutputColumn {
-            name: name.to_string(),
-            dtype,
-        }
+        OutputColumn { name: name.to_string(), dtype }
     }
 
     /// Deterministic pseudo-random column bytes (bool columns hold 0 or 1).
@@ -704,11 +595,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                if dtype == DType::Bool {
-                    (x & 1) as u8
-                } else {
-                    (x >> 24) as u8
-                }
+                if dtype == DType::Bool { (x & 1) as u8 } else { (x >> 24) as u8 }
             })
             .collect()
     }
@@ -724,28 +611,12 @@ mod tests {
         copy_chunk: usize,
     ) -> Vec<Vec<u8>> {
         let rows: usize = tiles.iter().sum();
-        let data: Vec<Vec<u8>> = columns
-            .iter()
-            .enumerate()
-            .map(|(k, c)| column_bytes(k as u64 + 1, rows, c.dtype))
-            .collect();
-        let mut w = TableWriter::create_with(
-            path,
-            format,
-            columns.to_vec(),
-            max_rows,
-            false,
-            stage_bytes,
-            copy_chunk,
-        )
-        .unwrap();
+        let data: Vec<Vec<u8>> = columns.iter().enumerate().map(|(k, c)| column_bytes(k as u64 + 1, rows, c.dtype)).collect();
+        let mut w = TableWriter::create_with(path, format, columns.to_vec(), max_rows, false, stage_bytes, copy_chunk).unwrap();
         let mut start = 0;
         for &n in tiles {
-            let slices: Vec<&[u8]> = columns
-                .iter()
-                .zip(&data)
-                .map(|(c, d)| &d[start * c.dtype.size()..(start + n) * c.dtype.size()])
-                .collect();
+            let slices: Vec<&[u8]> =
+                columns.iter().zip(&data).map(|(c, d)| &d[start * c.dtype.size()..(start + n) * c.dtype.size()]).collect();
             w.write_tile(n, &slices).unwrap();
             start += n;
             assert_eq!(w.rows(), start as u64);
@@ -773,10 +644,7 @@ mod tests {
         let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
         assert!(metadata.metadata().is_none());
         if data.iter().all(|d| !d.is_empty()) {
-            assert_eq!(
-                metadata.offset_keys(),
-                columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>()
-            );
+            assert_eq!(metadata.offset_keys(), columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>());
         }
         for (c, d) in columns.iter().zip(data) {
             let t = st.tensor(&c.name).unwrap();
@@ -794,20 +662,14 @@ mod tests {
         assert_eq!(bytes[7], 0);
         let (prefix, len) = match version {
             1 => (10, u16::from_le_bytes([bytes[8], bytes[9]]) as usize),
-            2 => (
-                12,
-                u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
-            ),
+            2 => (12, u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize),
             v => panic!("version {v}"),
         };
         let total = prefix + len;
         assert_eq!(total % 64, 0, "header size {total}");
         let text = std::str::from_utf8(&bytes[prefix..total]).unwrap();
         assert!(text.ends_with('\n'), "{text:?}");
-        let dict = text
-            .trim_end_matches('\n')
-            .trim_end_matches(' ')
-            .to_string();
+        let dict = text.trim_end_matches('\n').trim_end_matches(' ').to_string();
         (version, dict, bytes[total..].to_vec())
     }
 
@@ -818,13 +680,7 @@ mod tests {
         let size = columns[0].dtype.size();
         let rows = data[0].len() / size;
         let descr = columns[0].dtype.npy_descr().unwrap();
-        assert_eq!(
-            dict,
-            format!(
-                "{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {}), }}",
-                columns.len()
-            )
-        );
+        assert_eq!(dict, format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {}), }}", columns.len()));
         let mut expected = Vec::with_capacity(rows * size * columns.len());
         for r in 0..rows {
             for d in data {
@@ -835,10 +691,7 @@ mod tests {
     }
 
     fn all_dtype_columns() -> Vec<OutputColumn> {
-        DType::ALL
-            .iter()
-            .map(|&d| col(&format!("c_{}", d.name()), d))
-            .collect()
+        DType::ALL.iter().map(|&d| col(&format!("c_{}", d.name()), d)).collect()
     }
 
     #[test]
@@ -860,15 +713,7 @@ mod tests {
         let columns = all_dtype_columns();
         for (stage, chunk) in [(STAGE_BYTES, COPY_CHUNK), (64, 5), (1, 1)] {
             let tiles = [1, 7, 300, 0, 692];
-            let data = write_table(
-                &path,
-                OutputFormat::Safetensors,
-                &columns,
-                1000,
-                &tiles,
-                stage,
-                chunk,
-            );
+            let data = write_table(&path, OutputFormat::Safetensors, &columns, 1000, &tiles, stage, chunk);
             check_safetensors(&path, &columns, &data);
             fs::remove_file(&path).unwrap();
         }
@@ -891,15 +736,7 @@ mod tests {
         // 617 of 1000 rows: columns overlap their packed place; tiny chunks test that.
         for (stage, chunk) in [(STAGE_BYTES, COPY_CHUNK), (100, 3), (7, 1000), (1, 1)] {
             for tiles in [&[617][..], &[1, 16, 0, 300, 300], &[999], &[1]] {
-                let data = write_table(
-                    &path,
-                    OutputFormat::Safetensors,
-                    &columns,
-                    1000,
-                    tiles,
-                    stage,
-                    chunk,
-                );
+                let data = write_table(&path, OutputFormat::Safetensors, &columns, 1000, tiles, stage, chunk);
                 check_safetensors(&path, &columns, &data);
                 fs::remove_file(&path).unwrap();
             }
@@ -913,15 +750,7 @@ mod tests {
         let path = dir.join("out.safetensors");
         let columns = vec![col("a", DType::U8), col("b", DType::F64)];
         for (max_rows, rows) in [(10, 9), (10, 10), (100_000, 5), (99, 0), (1, 1)] {
-            let data = write_table(
-                &path,
-                OutputFormat::Safetensors,
-                &columns,
-                max_rows,
-                &[rows],
-                16,
-                4,
-            );
+            let data = write_table(&path, OutputFormat::Safetensors, &columns, max_rows, &[rows], 16, 4);
             check_safetensors(&path, &columns, &data);
             let len = fs::metadata(&path).unwrap().len();
             let n = u64::from_le_bytes(fs::read(&path).unwrap()[..8].try_into().unwrap());
@@ -937,21 +766,12 @@ mod tests {
         let path = dir.join("out.safetensors");
         let columns = all_dtype_columns();
         for max_rows in [0, 1, 12345] {
-            let data = write_table(
-                &path,
-                OutputFormat::Safetensors,
-                &columns,
-                max_rows,
-                &[0, 0],
-                STAGE_BYTES,
-                COPY_CHUNK,
-            );
+            let data = write_table(&path, OutputFormat::Safetensors, &columns, max_rows, &[0, 0], STAGE_BYTES, COPY_CHUNK);
             check_safetensors(&path, &columns, &data);
             fs::remove_file(&path).unwrap();
         }
 
-        let mut w =
-            TableWriter::create(&path, OutputFormat::Safetensors, vec![], 10, false).unwrap();
+        let mut w = TableWriter::create(&path, OutputFormat::Safetensors, vec![], 10, false).unwrap();
         w.write_tile(4, &[]).unwrap();
         assert_eq!(w.finish().unwrap(), 4);
         let bytes = fs::read(&path).unwrap();
@@ -965,34 +785,19 @@ mod tests {
     fn safetensors_many_uneven_tiles() {
         let dir = test_dir("st_many");
         let path = dir.join("out.safetensors");
-        let columns = vec![
-            col("a", DType::F32),
-            col("b", DType::U8),
-            col("c \"quoted\" \\ é", DType::I64),
-            col("d", DType::F16),
-        ];
+        let columns = vec![col("a", DType::F32), col("b", DType::U8), col("c \"quoted\" \\ é", DType::I64), col("d", DType::F16)];
         let mut seed = 12345u64;
         for round in 0..12 {
             let mut tiles = Vec::new();
             for _ in 0..(5 + round * 3) {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 tiles.push(((seed >> 33) % 97) as usize);
             }
             let rows: usize = tiles.iter().sum();
             let max_rows = rows as u64 + (seed >> 40) % 50 * (round % 2);
             let stage = [1, 13, 200, 4096, STAGE_BYTES][round as usize % 5];
             let chunk = [1, 7, 64, COPY_CHUNK][round as usize % 4];
-            let data = write_table(
-                &path,
-                OutputFormat::Safetensors,
-                &columns,
-                max_rows,
-                &tiles,
-                stage,
-                chunk,
-            );
+            let data = write_table(&path, OutputFormat::Safetensors, &columns, max_rows, &tiles, stage, chunk);
             check_safetensors(&path, &columns, &data);
             fs::remove_file(&path).unwrap();
         }
@@ -1003,25 +808,13 @@ mod tests {
     fn safetensors_larger_than_stage() {
         let dir = test_dir("st_large");
         let path = dir.join("out.safetensors");
-        let columns = vec![
-            col("a", DType::F32),
-            col("b", DType::U8),
-            col("c", DType::F64),
-        ];
+        let columns = vec![col("a", DType::F32), col("b", DType::U8), col("c", DType::F64)];
         // 13 bytes a row: the default 8 MiB stage holds ~645k rows.
         let mut tiles = vec![100, 3];
         tiles.extend(std::iter::repeat_n(200_000, 4));
         tiles.push(900_000);
         tiles.push(7);
-        let data = write_table(
-            &path,
-            OutputFormat::Safetensors,
-            &columns,
-            2_500_000,
-            &tiles,
-            STAGE_BYTES,
-            COPY_CHUNK,
-        );
+        let data = write_table(&path, OutputFormat::Safetensors, &columns, 2_500_000, &tiles, STAGE_BYTES, COPY_CHUNK);
         check_safetensors(&path, &columns, &data);
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -1030,11 +823,7 @@ mod tests {
     fn npy_row_major() {
         let dir = test_dir("npy");
         let path = dir.join("out.npy");
-        let columns = vec![
-            col("a", DType::F32),
-            col("b", DType::F32),
-            col("c", DType::F32),
-        ];
+        let columns = vec![col("a", DType::F32), col("b", DType::F32), col("c", DType::F32)];
         for (stage, max_rows, tiles) in [
             (STAGE_BYTES, 1000u64, &[1000][..]),
             (STAGE_BYTES, 1000, &[1, 7, 0, 300, 5]),
@@ -1044,15 +833,7 @@ mod tests {
             (STAGE_BYTES, 10, &[]),
             (STAGE_BYTES, 0, &[0]),
         ] {
-            let data = write_table(
-                &path,
-                OutputFormat::Npy,
-                &columns,
-                max_rows,
-                tiles,
-                stage,
-                COPY_CHUNK,
-            );
+            let data = write_table(&path, OutputFormat::Npy, &columns, max_rows, tiles, stage, COPY_CHUNK);
             check_npy(&path, &columns, &data);
             fs::remove_file(&path).unwrap();
         }
@@ -1065,19 +846,10 @@ mod tests {
         let path = dir.join("out.npy");
         for dtype in DType::ALL.into_iter().filter(|d| d.npy_descr().is_some()) {
             for ncols in [1, 2, 5] {
-                let columns: Vec<OutputColumn> =
-                    (0..ncols).map(|k| col(&format!("c{k}"), dtype)).collect();
+                let columns: Vec<OutputColumn> = (0..ncols).map(|k| col(&format!("c{k}"), dtype)).collect();
                 // stage 40 bytes: single-column tiles of >= 40/size rows go direct.
                 for stage in [40, STAGE_BYTES] {
-                    let data = write_table(
-                        &path,
-                        OutputFormat::Npy,
-                        &columns,
-                        500,
-                        &[3, 100, 1, 0, 64, 2],
-                        stage,
-                        COPY_CHUNK,
-                    );
+                    let data = write_table(&path, OutputFormat::Npy, &columns, 500, &[3, 100, 1, 0, 64, 2], stage, COPY_CHUNK);
                     check_npy(&path, &columns, &data);
                     fs::remove_file(&path).unwrap();
                 }
@@ -1090,29 +862,12 @@ mod tests {
     fn npy_larger_than_stage() {
         let dir = test_dir("npy_large");
         let path = dir.join("out.npy");
-        let columns: Vec<OutputColumn> =
-            (0..4).map(|k| col(&format!("c{k}"), DType::I16)).collect();
-        let data = write_table(
-            &path,
-            OutputFormat::Npy,
-            &columns,
-            3_000_000,
-            &[5, 1_200_000, 3, 1_000_000],
-            STAGE_BYTES,
-            COPY_CHUNK,
-        );
+        let columns: Vec<OutputColumn> = (0..4).map(|k| col(&format!("c{k}"), DType::I16)).collect();
+        let data = write_table(&path, OutputFormat::Npy, &columns, 3_000_000, &[5, 1_200_000, 3, 1_000_000], STAGE_BYTES, COPY_CHUNK);
         check_npy(&path, &columns, &data);
         fs::remove_file(&path).unwrap();
         let one = vec![col("x", DType::F64)];
-        let data = write_table(
-            &path,
-            OutputFormat::Npy,
-            &one,
-            3_000_000,
-            &[5, 1_200_000, 3, 1_100_000],
-            STAGE_BYTES,
-            COPY_CHUNK,
-        );
+        let data = write_table(&path, OutputFormat::Npy, &one, 3_000_000, &[5, 1_200_000, 3, 1_100_000], STAGE_BYTES, COPY_CHUNK);
         check_npy(&path, &one, &data);
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -1135,10 +890,7 @@ mod tests {
 
     #[test]
     fn npy_loads_in_numpy() {
-        let have_numpy = std::process::Command::new("python3")
-            .args(["-c", "import numpy"])
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let have_numpy = std::process::Command::new("python3").args(["-c", "import numpy"]).output().is_ok_and(|o| o.status.success());
         if !have_numpy {
             println!("skipped: numpy not installed");
             return;
@@ -1152,17 +904,8 @@ mod tests {
             (DType::U8, 2, 70, 70),
         ] {
             let path = dir.join(format!("{}.npy", dtype.name()));
-            let columns: Vec<OutputColumn> =
-                (0..ncols).map(|k| col(&format!("c{k}"), dtype)).collect();
-            let data = write_table(
-                &path,
-                OutputFormat::Npy,
-                &columns,
-                max_rows,
-                &[rows],
-                64,
-                COPY_CHUNK,
-            );
+            let columns: Vec<OutputColumn> = (0..ncols).map(|k| col(&format!("c{k}"), dtype)).collect();
+            let data = write_table(&path, OutputFormat::Npy, &columns, max_rows, &[rows], 64, COPY_CHUNK);
             let out = std::process::Command::new("python3")
                 .arg("-c")
                 .arg(
@@ -1173,11 +916,7 @@ mod tests {
                 .arg(&path)
                 .output()
                 .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let text = String::from_utf8(out.stdout).unwrap();
             let fields: Vec<&str> = text.split_whitespace().collect();
             assert_eq!(fields[0], dtype.npy_descr().unwrap());
@@ -1200,20 +939,11 @@ mod tests {
     fn drop_without_finish_leaves_nothing() {
         let dir = test_dir("drop");
         for (name, format, columns) in [
-            (
-                "out.safetensors",
-                OutputFormat::Safetensors,
-                vec![col("a", DType::F32), col("b", DType::U8)],
-            ),
-            (
-                "out.npy",
-                OutputFormat::Npy,
-                vec![col("a", DType::U8), col("b", DType::U8)],
-            ),
+            ("out.safetensors", OutputFormat::Safetensors, vec![col("a", DType::F32), col("b", DType::U8)]),
+            ("out.npy", OutputFormat::Npy, vec![col("a", DType::U8), col("b", DType::U8)]),
         ] {
             let path = dir.join(name);
-            let mut w =
-                TableWriter::create_with(&path, format, columns.clone(), 100, false, 4, 4).unwrap();
+            let mut w = TableWriter::create_with(&path, format, columns.clone(), 100, false, 4, 4).unwrap();
             let a = column_bytes(1, 10, columns[0].dtype);
             let b = column_bytes(2, 10, columns[1].dtype);
             w.write_tile(10, &[&a, &b]).unwrap();
@@ -1230,8 +960,7 @@ mod tests {
         let path = dir.join("out.safetensors");
         fs::write(&path, b"old").unwrap();
         let columns = vec![col("a", DType::I32)];
-        let err = TableWriter::create(&path, OutputFormat::Safetensors, columns.clone(), 5, false)
-            .unwrap_err();
+        let err = TableWriter::create(&path, OutputFormat::Safetensors, columns.clone(), 5, false).unwrap_err();
         match &err {
             Error::Io { path: p, source } => {
                 assert_eq!(p, &path);
@@ -1242,8 +971,7 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"old");
         assert_eq!(dir_names(&dir), vec!["out.safetensors".to_string()]);
 
-        let mut w = TableWriter::create(&path, OutputFormat::Safetensors, columns.clone(), 5, true)
-            .unwrap();
+        let mut w = TableWriter::create(&path, OutputFormat::Safetensors, columns.clone(), 5, true).unwrap();
         let a = column_bytes(1, 2, DType::I32);
         w.write_tile(2, &[&a]).unwrap();
         assert_eq!(w.finish().unwrap(), 2);
@@ -1255,14 +983,10 @@ mod tests {
     #[test]
     fn bad_tiles_are_errors_and_leave_the_writer_usable() {
         let dir = test_dir("bad_tiles");
-        for (name, format) in [
-            ("out.safetensors", OutputFormat::Safetensors),
-            ("out.npy", OutputFormat::Npy),
-        ] {
+        for (name, format) in [("out.safetensors", OutputFormat::Safetensors), ("out.npy", OutputFormat::Npy)] {
             let path = dir.join(name);
             let columns = vec![col("a", DType::U16), col("b", DType::U16)];
-            let mut w =
-                TableWriter::create_with(&path, format, columns.clone(), 10, false, 8, 8).unwrap();
+            let mut w = TableWriter::create_with(&path, format, columns.clone(), 10, false, 8, 8).unwrap();
             let a = column_bytes(1, 12, DType::U16);
             let b = column_bytes(2, 12, DType::U16);
 
@@ -1307,17 +1031,9 @@ mod tests {
 
         let e = create(&npy, OutputFormat::Npy, vec![col("a", DType::BF16)], 10);
         assert!(matches!(e, Error::Plan(_)));
-        assert!(
-            e.to_string().contains(".safetensors") && e.to_string().contains("bf16"),
-            "{e}"
-        );
+        assert!(e.to_string().contains(".safetensors") && e.to_string().contains("bf16"), "{e}");
 
-        let e = create(
-            &npy,
-            OutputFormat::Npy,
-            vec![col("a", DType::F32), col("b", DType::F64)],
-            10,
-        );
+        let e = create(&npy, OutputFormat::Npy, vec![col("a", DType::F32), col("b", DType::F64)], 10);
         assert!(matches!(e, Error::Plan(_)));
         assert!(e.to_string().contains(".safetensors"), "{e}");
 
@@ -1325,16 +1041,7 @@ mod tests {
         assert!(matches!(e, Error::Plan(_)));
 
         for (path, format) in [(&npy, OutputFormat::Npy), (&st, OutputFormat::Safetensors)] {
-            let e = create(
-                path,
-                format,
-                vec![
-                    col("a", DType::U8),
-                    col("b", DType::U8),
-                    col("a", DType::U8),
-                ],
-                10,
-            );
+            let e = create(path, format, vec![col("a", DType::U8), col("b", DType::U8), col("a", DType::U8)], 10);
             assert!(matches!(e, Error::Plan(_)));
             assert!(e.to_string().contains("\"a\""), "{e}");
 
@@ -1342,12 +1049,7 @@ mod tests {
             assert!(matches!(e, Error::Plan(_)), "{e}");
         }
 
-        let e = create(
-            &st,
-            OutputFormat::Safetensors,
-            vec![col("__metadata__", DType::U8)],
-            10,
-        );
+        let e = create(&st, OutputFormat::Safetensors, vec![col("__metadata__", DType::U8)], 10);
         assert!(matches!(e, Error::Plan(_)));
         assert!(dir_names(&dir).is_empty());
         fs::remove_dir_all(&dir).unwrap();
@@ -1357,18 +1059,9 @@ mod tests {
     fn move_down_handles_overlap() {
         let dir = test_dir("move");
         let path = dir.join("f");
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .unwrap();
+        let file = fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
         let orig: Vec<u8> = (0..200u8).collect();
-        for (from, to, len, chunk) in [
-            (50u64, 10u64, 100u64, 7usize),
-            (50, 45, 150, 3),
-            (9, 0, 191, 1000),
-        ] {
+        for (from, to, len, chunk) in [(50u64, 10u64, 100u64, 7usize), (50, 45, 150, 3), (9, 0, 191, 1000)] {
             file.write_all_at(&orig, 0).unwrap();
             let mut buf = Vec::new();
             move_down(&file, &path, from, to, len, chunk, &mut buf).unwrap();
