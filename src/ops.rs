@@ -201,7 +201,14 @@ pub(crate) mod cpu {
     #[inline(always)]
     pub fn compare_f_const(c: Cmp, a: &[f32], k: f32, out: &mut [u8]) {
         let out = &mut out[..a.len()];
-        (0..a.len()).for_each(|i| out[i] = cmp_f(c, a[i], k) as u8);
+        match c {
+            Cmp::Lt => out.iter_mut().zip(a).for_each(|(o, &x)| *o = (x < k) as u8),
+            Cmp::Le => out.iter_mut().zip(a).for_each(|(o, &x)| *o = (x <= k) as u8),
+            Cmp::Gt => out.iter_mut().zip(a).for_each(|(o, &x)| *o = (x > k) as u8),
+            Cmp::Ge => out.iter_mut().zip(a).for_each(|(o, &x)| *o = (x >= k) as u8),
+            Cmp::Eq => out.iter_mut().zip(a).for_each(|(o, &x)| *o = (x == k) as u8),
+            Cmp::Ne => out.iter_mut().zip(a).for_each(|(o, &x)| *o = cmp_f(Cmp::Ne, x, k) as u8),
+        }
     }
 
     /// Integer comparison into 0/1 bytes.

@@ -572,12 +572,19 @@ fn load(v: View, ty: VType, out: &mut Reg, n: usize) {
 fn compare_i_const<T: Elem>(c: Cmp, x: &[T], k: i64, o: &mut [u8]) {
     let o = &mut o[..x.len()];
     match c {
-        Cmp::Lt => (0..x.len()).for_each(|i| o[i] = (x[i].i64() < k) as u8),
-        Cmp::Le => (0..x.len()).for_each(|i| o[i] = (x[i].i64() <= k) as u8),
-        Cmp::Gt => (0..x.len()).for_each(|i| o[i] = (x[i].i64() > k) as u8),
-        Cmp::Ge => (0..x.len()).for_each(|i| o[i] = (x[i].i64() >= k) as u8),
-        Cmp::Eq => (0..x.len()).for_each(|i| o[i] = (x[i].i64() == k) as u8),
-        Cmp::Ne => (0..x.len()).for_each(|i| o[i] = (x[i].i64() != k) as u8),
+        Cmp::Lt => cmp_loop(x, o, |v| v.i64() < k),
+        Cmp::Le => cmp_loop(x, o, |v| v.i64() <= k),
+        Cmp::Gt => cmp_loop(x, o, |v| v.i64() > k),
+        Cmp::Ge => cmp_loop(x, o, |v| v.i64() >= k),
+        Cmp::Eq => cmp_loop(x, o, |v| v.i64() == k),
+        Cmp::Ne => cmp_loop(x, o, |v| v.i64() != k),
+    }
+}
+
+#[inline(always)]
+fn cmp_loop<T: Copy>(x: &[T], o: &mut [u8], f: impl Fn(T) -> bool) {
+    for (o, &v) in o.iter_mut().zip(x) {
+        *o = f(v) as u8;
     }
 }
 

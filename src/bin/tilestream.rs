@@ -137,6 +137,9 @@ enum Command {
         /// Folder for the generated data (default: the system temp folder).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Use this file (made by `tilestream gen`, 8 columns) instead of generating one.
+        #[arg(long, conflicts_with = "rows")]
+        data: Option<PathBuf>,
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -339,7 +342,7 @@ fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
         Command::Transform(t) => transform(&ctx, t),
         Command::Gen { out, rows, cols, seed, force } => generate_cmd(&ctx, out, *rows, *cols, *seed, *force),
         Command::Demo { rows } => demo(&ctx, *rows),
-        Command::Bench { rows, dir, json } => bench(&ctx, *rows, dir.as_deref(), *json),
+        Command::Bench { rows, dir, data, json } => bench(&ctx, *rows, dir.as_deref(), data.as_deref(), *json),
         Command::Devices => devices(),
     }
 }
@@ -785,14 +788,20 @@ fn demo(ctx: &Ctx, rows: Option<u64>) -> Result<()> {
     out(&s)
 }
 
-fn bench(ctx: &Ctx, rows: Option<u64>, dir: Option<&Path>, json: bool) -> Result<()> {
+fn bench(ctx: &Ctx, rows: Option<u64>, dir: Option<&Path>, given: Option<&Path>, json: bool) -> Result<()> {
     let cols = 8;
     let rows = rows.unwrap_or((2u64 << 30) / (cols as u64 * 4));
     let dir = temp_dir("bench", dir)?;
     let _cleanup = Cleanup(dir.clone());
-    let data = dir.join("bench.safetensors");
-    note(ctx, &format!("generating {rows} rows x {cols} f32 columns + u8 key in {} ...", dir.display()));
-    generate_cmd(ctx, &data, rows, cols, 11, true)?;
+    let data = match given {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let data = dir.join("bench.safetensors");
+            note(ctx, &format!("generating {rows} rows x {cols} f32 columns + u8 key in {} ...", dir.display()));
+            generate_cmd(ctx, &data, rows, cols, 11, true)?;
+            data
+        }
+    };
     let ds = Dataset::open(&data)?;
     let idx = |n: &str| ds.column_index(n);
     let floats: Vec<usize> = (0..cols).map(|j| idx(&format!("f{j}"))).collect::<tilestream::Result<_>>()?;
