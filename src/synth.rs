@@ -69,11 +69,20 @@ fn feature(j: usize, rng: &mut Rng) -> f32 {
 /// Writes `rows` rows of `cols` f32 columns `f0..` (normal, uniform, log-normal,
 /// N(10000, 1), uniform with NaN, repeating) and a u8 `key` in 0..64 skewed towards 0.
 pub fn generate(path: &Path, rows: u64, cols: usize, seed: u64, force: bool) -> Result<()> {
-    generate_with(path, rows, cols, seed, force, &|_, _| {})
+    generate_with(path, rows, cols, seed, force, &|_, _| {}, None)
 }
 
-/// [`generate`] with a progress callback `(rows done, rows)`.
-pub fn generate_with(path: &Path, rows: u64, cols: usize, seed: u64, force: bool, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<()> {
+/// [`generate`] with a progress callback `(rows done, rows)` and a cancel flag (checked
+/// between tiles; a cancelled run leaves nothing at `path`).
+pub fn generate_with(
+    path: &Path,
+    rows: u64,
+    cols: usize,
+    seed: u64,
+    force: bool,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    cancel: Option<&std::sync::atomic::AtomicBool>,
+) -> Result<()> {
     if OutputFormat::from_path(path)? != OutputFormat::Safetensors {
         return Err(Error::plan(format!("gen writes .safetensors files, not {}", path.display())));
     }
@@ -83,6 +92,9 @@ pub fn generate_with(path: &Path, rows: u64, cols: usize, seed: u64, force: bool
     let chunks_per_tile = 64u64;
     let mut r0 = 0;
     while r0 < rows {
+        if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Err(Error::Interrupted);
+        }
         let r1 = (r0 + CHUNK * chunks_per_tile).min(rows);
         let chunks: Vec<(Vec<Vec<f32>>, Vec<u8>)> = (r0..r1)
             .step_by(CHUNK as usize)
@@ -116,6 +128,6 @@ pub fn generate_with(path: &Path, rows: u64, cols: usize, seed: u64, force: bool
         r0 = r1;
         progress(r0, rows);
     }
-    writer.finish()?;
+    writer.finish_unless(cancel)?;
     Ok(())
 }

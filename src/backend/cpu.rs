@@ -195,8 +195,10 @@ impl Backend for Cpu {
         let mut blocks: Vec<(usize, BlockPartial)> = Vec::with_capacity(nblocks);
         for (scratch, done) in parts {
             for (h, ext) in hists.iter_mut().zip(&scratch.hists) {
-                let b = ext.len() - 4;
-                h.merge(&HistAcc { counts: ext[..b].to_vec(), below: ext[b], above: ext[b + 1], nan: ext[b + 2] });
+                let stride = ext.len() / 4;
+                let sum: Vec<u64> = (0..stride).map(|i| ext[i] + ext[i + stride] + ext[i + 2 * stride] + ext[i + 3 * stride]).collect();
+                let b = stride - 4;
+                h.merge(&HistAcc { counts: sum[..b].to_vec(), below: sum[b], above: sum[b + 1], nan: sum[b + 2] });
             }
             for (b, r) in done {
                 blocks.push((b, r?));
@@ -254,7 +256,7 @@ impl Scratch {
             gather: prog.inputs.iter().map(|_| Vec::new()).collect(),
             conv: prog.inputs.iter().map(|_| Vec::new()).collect(),
             regs,
-            hists: prog.hists.iter().map(|h| vec![0; h.bins as usize + 4]).collect(),
+            hists: prog.hists.iter().map(|h| vec![0; 4 * (h.bins as usize + 4)]).collect(),
             codes: Vec::new(),
             order: Vec::new(),
             gbuf: Vec::new(),
@@ -856,8 +858,22 @@ fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, counts: &mut [u
             codes[i] = if m[i] != 0 { codes[i] } else { bins + 3 };
         }
     }
-    for &c in codes.iter() {
-        counts[c as usize] += 1;
+    // Four interleaved copies of the counts, so that runs of one bin do not serialize on
+    // a single memory location.
+    let stride = counts.len() / 4;
+    let (c0, rest) = counts.split_at_mut(stride);
+    let (c1, rest) = rest.split_at_mut(stride);
+    let (c2, c3) = rest.split_at_mut(stride);
+    let quads = codes.chunks_exact(4);
+    let tail = quads.remainder();
+    for q in quads {
+        c0[q[0] as usize] += 1;
+        c1[q[1] as usize] += 1;
+        c2[q[2] as usize] += 1;
+        c3[q[3] as usize] += 1;
+    }
+    for &c in tail {
+        c0[c as usize] += 1;
     }
 }
 

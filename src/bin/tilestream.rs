@@ -247,6 +247,9 @@ fn main() {
         }
     };
     let cancel = Arc::new(AtomicBool::new(false));
+    // The first Ctrl-C asks the run to stop cleanly (exit 130, no output left behind); a
+    // second one exits at once.
+    let _ = signal_hook::flag::register_conditional_shutdown(signal_hook::consts::SIGINT, 130, Arc::clone(&cancel));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&cancel));
     let code = match run(&cli, &cancel) {
         Ok(()) => 0,
@@ -648,7 +651,7 @@ fn generate_cmd(ctx: &Ctx, out_path: &Path, rows: u64, cols: usize, seed: u64, f
         pb.set_draw_target(ProgressDrawTarget::stderr());
         pb.set_length(rows.max(1));
     }
-    tilestream::synth::generate_with(out_path, rows, cols, seed, force, &|d, _| pb.set_position(d))?;
+    tilestream::synth::generate_with(out_path, rows, cols, seed, force, &|d, _| pb.set_position(d), ctx.opts.cancel.as_deref())?;
     pb.finish_and_clear();
     Ok(())
 }
