@@ -66,7 +66,14 @@ pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
     let in_bytes: u64 = prog.inputs.iter().map(|&c| ds.columns()[c].dtype.size() as u64).sum();
     let out_bytes: u64 = prog.outputs.iter().map(|o| o.dtype.size() as u64).sum();
     let per_row = (in_bytes + 2 * out_bytes).max(1);
-    (budget / per_row / BLOCK_ROWS).clamp(1, 1 << 20) * BLOCK_ROWS
+    let mut blocks = budget / per_row / BLOCK_ROWS;
+    if prog.key.is_some() {
+        // A tile's group partials are held until the tile is merged: at worst every row of a
+        // block is its own group, so keep a tile's worth of partials within half the budget.
+        let worst_block = BLOCK_ROWS * (prog.stats.len() as u64).max(1) * std::mem::size_of::<crate::accum::BlockStats>() as u64;
+        blocks = blocks.min(budget / 2 / worst_block);
+    }
+    blocks.clamp(1, 1 << 20) * BLOCK_ROWS
 }
 
 /// Runs one pass of `prog` over the whole dataset on `backend`.

@@ -353,6 +353,14 @@ impl AggregateQuery {
     /// Runs the query.
     pub fn collect_with(&self, device: &Device, opts: &RunOptions) -> Result<AggregateResult> {
         let (stats, hists) = self.resolve()?;
+        let threads = opts.threads.unwrap_or_else(rayon::current_num_threads) as u64;
+        let hist_bytes: u64 = hists.iter().map(|h| (h.1 as u64 + 4) * 8 * (threads + 1)).sum();
+        if hist_bytes > opts.memory_budget.max(64 << 20) {
+            return Err(Error::plan(format!(
+                "histograms of this many bins need {} MiB on {threads} threads; raise --memory-budget or use fewer --bins",
+                hist_bytes >> 20
+            )));
+        }
         let mut report = RunReport::default();
         let hists = self.hist_ranges(&hists, device, opts, &mut report)?;
         let prog = self.program(&stats, &hists)?;

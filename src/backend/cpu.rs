@@ -195,8 +195,8 @@ impl Backend for Cpu {
         let mut blocks: Vec<(usize, BlockPartial)> = Vec::with_capacity(nblocks);
         for (scratch, done) in parts {
             for (h, ext) in hists.iter_mut().zip(&scratch.hists) {
-                let stride = ext.len() / 4;
-                let sum: Vec<u64> = (0..stride).map(|i| ext[i] + ext[i + stride] + ext[i + 2 * stride] + ext[i + 3 * stride]).collect();
+                let stride = ext.len() / hist_copies(h.counts.len() as u32);
+                let sum: Vec<u64> = (0..stride).map(|i| ext[i..].iter().step_by(stride).sum()).collect();
                 let b = stride - 4;
                 h.merge(&HistAcc { counts: sum[..b].to_vec(), below: sum[b], above: sum[b + 1], nan: sum[b + 2] });
             }
@@ -256,7 +256,7 @@ impl Scratch {
             gather: prog.inputs.iter().map(|_| Vec::new()).collect(),
             conv: prog.inputs.iter().map(|_| Vec::new()).collect(),
             regs,
-            hists: prog.hists.iter().map(|h| vec![0; 4 * (h.bins as usize + 4)]).collect(),
+            hists: prog.hists.iter().map(|h| vec![0; hist_copies(h.bins) * (h.bins as usize + 4)]).collect(),
             codes: Vec::new(),
             order: Vec::new(),
             gbuf: Vec::new(),
@@ -823,6 +823,12 @@ fn pairwise(v: &[f64; 8]) -> f64 {
     ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))
 }
 
+/// Copies of a histogram's counts per thread: 4 interleaved for small histograms, 1 for
+/// large ones (whose bins rarely repeat back to back anyway).
+fn hist_copies(bins: u32) -> usize {
+    if bins <= 4096 { 4 } else { 1 }
+}
+
 /// Histogram of one block: bin codes computed by a vectorizable loop (`bins` = below,
 /// `bins+1` = above, `bins+2` = NaN, `bins+3` = not selected), then counted.
 #[inline(always)]
@@ -858,9 +864,15 @@ fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, counts: &mut [u
             codes[i] = if m[i] != 0 { codes[i] } else { bins + 3 };
         }
     }
-    // Four interleaved copies of the counts, so that runs of one bin do not serialize on
-    // a single memory location.
-    let stride = counts.len() / 4;
+    // Interleaved copies of the counts (four for small histograms), so that runs of one bin
+    // do not serialize on a single memory location.
+    let stride = counts.len() / hist_copies(bins);
+    if stride == counts.len() {
+        for &c in codes.iter() {
+            counts[c as usize] += 1;
+        }
+        return;
+    }
     let (c0, rest) = counts.split_at_mut(stride);
     let (c1, rest) = rest.split_at_mut(stride);
     let (c2, c3) = rest.split_at_mut(stride);
