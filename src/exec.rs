@@ -52,7 +52,7 @@ impl std::fmt::Debug for RunOptions {
 pub(crate) struct PassOutput {
     pub rows_selected: u64,
     pub stats: Vec<StatsAcc>,
-    pub groups: BTreeMap<i64, (u64, Vec<StatsAcc>)>,
+    pub groups: BTreeMap<i128, (u64, Vec<StatsAcc>)>,
     pub hists: Vec<HistAcc>,
     pub out_counts: Vec<(u64, u64)>,
     pub rows_written: u64,

@@ -112,7 +112,7 @@ pub struct Histogram {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupStats {
     /// The key value.
-    pub key: i64,
+    pub key: i128,
     /// Selected rows with this key.
     pub rows: u64,
     /// Per column, in query order.

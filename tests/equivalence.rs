@@ -189,12 +189,12 @@ fn stats_filters_and_groups_match_reference() {
                     // Group-by k.
                     let g = lf.group_by("k").aggregate([all_stats(["a", "i"])]).collect_with(&dev, &opts).unwrap();
                     let kc = ds.column_index("k").unwrap();
-                    let mut keys: Vec<i64> = sel.iter().map(|&r| reference::raw_f64(&ds, kc, r) as i64).collect();
+                    let mut keys: Vec<i128> = sel.iter().map(|&r| reference::raw_f64(&ds, kc, r) as i128).collect();
                     keys.sort();
                     keys.dedup();
                     assert_eq!(g.groups.iter().map(|g| g.key).collect::<Vec<_>>(), keys, "{what}: group keys");
                     for grp in &g.groups {
-                        let rows_k: Vec<u64> = sel.iter().copied().filter(|&r| reference::raw_f64(&ds, kc, r) as i64 == grp.key).collect();
+                        let rows_k: Vec<u64> = sel.iter().copied().filter(|&r| reference::raw_f64(&ds, kc, r) as i128 == grp.key).collect();
                         assert_eq!(grp.rows, rows_k.len() as u64, "{what}: group {} rows", grp.key);
                         for (n, s) in &grp.columns {
                             check_stats(&format!("{what} group={} col={n}", grp.key), s, &raw_values(&ds, n, &rows_k));

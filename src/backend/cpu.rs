@@ -83,6 +83,8 @@ pub(crate) struct Prepared {
     prog: FusedProgram,
     dtypes: Vec<DType>,
     steps: Vec<Step>,
+    /// Per-thread buffers kept between tiles.
+    scratch: std::sync::Mutex<Vec<Scratch>>,
 }
 
 /// How the CPU evaluates one instruction.
@@ -156,7 +158,7 @@ impl Backend for Cpu {
     fn prepare(&self, prog: &FusedProgram, ds: &Dataset) -> Result<Prepared> {
         let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
         let steps = plan_steps(prog, &dtypes);
-        Ok(Prepared { prog: prog.clone(), dtypes, steps })
+        Ok(Prepared { prog: prog.clone(), dtypes, steps, scratch: std::sync::Mutex::new(Vec::new()) })
     }
 
     fn run_tile(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult> {
@@ -176,7 +178,7 @@ impl Backend for Cpu {
                 .enumerate()
                 .with_min_len(2)
                 .fold(
-                    || (Scratch::new(&prep.prog), Vec::new()),
+                    || (prep.scratch.lock().ok().and_then(|mut p| p.pop()).unwrap_or_else(|| Scratch::new(&prep.prog)), Vec::new()),
                     |(mut s, mut done), (b, mut outs)| {
                         let r0 = tile.start + b as u64 * BLOCK_ROWS;
                         let n = (tile.end - r0).min(BLOCK_ROWS) as usize;
@@ -193,16 +195,29 @@ impl Backend for Cpu {
         };
         let mut hists: Vec<HistAcc> = prep.prog.hists.iter().map(|h| HistAcc::new(h.bins)).collect();
         let mut blocks: Vec<(usize, BlockPartial)> = Vec::with_capacity(nblocks);
-        for (scratch, done) in parts {
-            for (h, ext) in hists.iter_mut().zip(&scratch.hists) {
+        let mut first_err = None;
+        for (mut scratch, done) in parts {
+            for (h, ext) in hists.iter_mut().zip(scratch.hists.iter_mut()) {
                 let stride = ext.len() / hist_copies(h.counts.len() as u32);
                 let sum: Vec<u64> = (0..stride).map(|i| ext[i..].iter().step_by(stride).sum()).collect();
                 let b = stride - 4;
                 h.merge(&HistAcc { counts: sum[..b].to_vec(), below: sum[b], above: sum[b + 1], nan: sum[b + 2] });
+                ext.fill(0);
             }
             for (b, r) in done {
-                blocks.push((b, r?));
+                match r {
+                    Ok(p) => blocks.push((b, p)),
+                    Err(e) => first_err = first_err.or(Some(e)),
+                }
             }
+            // Buffers are reused by the next tile: allocating (and zeroing) them per tile
+            // costs more than the work on small tiles.
+            if let Ok(mut pool) = prep.scratch.lock() {
+                pool.push(scratch);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
         }
         blocks.sort_by_key(|(b, _)| *b);
         Ok(TileResult { blocks: blocks.into_iter().map(|(_, p)| p).collect(), hists })
@@ -220,10 +235,10 @@ struct Scratch {
     order: Vec<u32>,
     gbuf: Vec<f32>,
     sel: Vec<u32>,
-    keys: Vec<i64>,
+    keys: Vec<i128>,
     slots: Vec<u32>,
     key_table: Vec<u32>,
-    key_map: HashMap<i64, u32>,
+    key_map: HashMap<i128, u32>,
     fbuf: Vec<f32>,
     dbuf: Vec<f64>,
     hbuf: Vec<u16>,
@@ -891,10 +906,10 @@ fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, counts: &mut [u
 
 /// Per-thread buffers of the group-by kernel.
 struct GroupBufs<'s> {
-    keys: &'s mut Vec<i64>,
+    keys: &'s mut Vec<i128>,
     slots: &'s mut Vec<u32>,
     table: &'s mut Vec<u32>,
-    map: &'s mut HashMap<i64, u32>,
+    map: &'s mut HashMap<i128, u32>,
     order: &'s mut Vec<u32>,
     gbuf: &'s mut Vec<f32>,
 }
@@ -906,7 +921,7 @@ fn group_block<'a>(
     mask: Option<&[u8]>,
     sources: impl Iterator<Item = View<'a>>,
     bufs: GroupBufs,
-) -> Vec<(i64, u64, Vec<BlockStats>)> {
+) -> Vec<(i128, u64, Vec<BlockStats>)> {
     let GroupBufs { keys, slots, table, map, order, gbuf } = bufs;
     let n = on_view!(key, x => x.len());
     let narrow = matches!(key, View::I8(_) | View::U8(_) | View::I16(_) | View::U16(_));
@@ -914,7 +929,7 @@ fn group_block<'a>(
     slots.clear();
     slots.resize(n, u32::MAX);
     let mut rows: Vec<u64> = Vec::new();
-    const OFF: i64 = 32768;
+    const OFF: i128 = 32768;
     if narrow && table.is_empty() {
         table.resize(65536 + 32768, 0);
     }
@@ -923,7 +938,7 @@ fn group_block<'a>(
             if mask.is_some_and(|m| m[i] == 0) {
                 continue;
             }
-            let kv = x[i].i64();
+            let kv = x[i].i128();
             let slot = if narrow {
                 let e = &mut table[(kv + OFF) as usize];
                 if *e == 0 {

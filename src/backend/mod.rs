@@ -75,7 +75,7 @@ pub(crate) struct BlockPartial {
     /// One per stats aggregate (ungrouped).
     pub stats: Vec<BlockStats>,
     /// Per group key seen in this block, in first-seen order.
-    pub groups: Vec<(i64, u64, Vec<BlockStats>)>,
+    pub groups: Vec<(i128, u64, Vec<BlockStats>)>,
     /// Per output column: (NaN count, overflow count) of the rows written.
     pub out_counts: Vec<(u64, u64)>,
 }

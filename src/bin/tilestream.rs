@@ -72,7 +72,7 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         columns: Vec<String>,
         /// Keep rows where EXPR is true.
-        #[arg(long = "where", value_name = "EXPR")]
+        #[arg(long = "where", value_name = "EXPR", allow_hyphen_values = true)]
         filter: Option<String>,
         /// Group by an integer column (up to 65,536 distinct values).
         #[arg(long, value_name = "KEY")]
@@ -93,10 +93,10 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         bins: u32,
         /// LO:HI (default: the column's finite min and max, found in a first pass).
-        #[arg(long, value_parser = parse_range)]
+        #[arg(long, value_parser = parse_range, allow_hyphen_values = true)]
         range: Option<(f64, f64)>,
         /// Keep rows where EXPR is true.
-        #[arg(long = "where", value_name = "EXPR")]
+        #[arg(long = "where", value_name = "EXPR", allow_hyphen_values = true)]
         filter: Option<String>,
         /// One JSON object on stdout.
         #[arg(long)]
@@ -157,7 +157,7 @@ struct TransformArgs {
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     out: PathBuf,
     /// Keep rows where EXPR is true.
-    #[arg(long = "where", value_name = "EXPR")]
+    #[arg(long = "where", value_name = "EXPR", allow_hyphen_values = true)]
     filter: Option<String>,
     /// Output only these input columns (comma list), plus --with columns.
     #[arg(long, value_delimiter = ',')]
@@ -172,10 +172,10 @@ struct TransformArgs {
     #[arg(long, value_name = "COLS")]
     log1p: Option<String>,
     /// Clamp a column: C=LO:HI (repeatable).
-    #[arg(long, value_name = "C=LO:HI")]
+    #[arg(long, value_name = "C=LO:HI", allow_hyphen_values = true)]
     clip: Vec<String>,
     /// Add or replace a column: NAME=EXPR over raw values (repeatable).
-    #[arg(long = "with", value_name = "NAME=EXPR")]
+    #[arg(long = "with", value_name = "NAME=EXPR", allow_hyphen_values = true)]
     with: Vec<String>,
     /// Replace NaN in every float column written.
     #[arg(long, value_name = "V", allow_hyphen_values = true)]
@@ -485,8 +485,12 @@ fn print_stats(r: &AggregateResult, grouped: bool, json: bool) -> Result<()> {
     if json {
         let mut o = json!({"rows": r.rows, "rows_selected": r.rows_selected});
         if grouped {
-            o["groups"] =
-                Value::Array(r.groups.iter().map(|g| json!({"key": g.key, "rows": g.rows, "columns": columns_json(&g.columns)})).collect());
+            o["groups"] = Value::Array(
+                r.groups
+                    .iter()
+                    .map(|g| json!({"key": num_json(Some(Number::Int(g.key))), "rows": g.rows, "columns": columns_json(&g.columns)}))
+                    .collect(),
+            );
         } else {
             o["columns"] = columns_json(&r.columns);
         }
