@@ -675,7 +675,8 @@ fn stats_f32_lanes<const MASKED: bool, const FINITE: bool>(x: &[f32], mask: &[u8
     let mut mx = [f32::NEG_INFINITY; L];
     let mut fmn = [f32::INFINITY; L];
     let mut fmx = [f32::NEG_INFINITY; L];
-    let (mut count, mut selected) = (0u64, 0u64);
+    let mut selected = 0u64;
+    let (mut cnt, mut sel) = ([0u32; L], [0u32; L]);
     let n = x.len();
     let full = n / L * L;
     let ones = [1u8; L];
@@ -696,7 +697,6 @@ fn stats_f32_lanes<const MASKED: bool, const FINITE: bool>(x: &[f32], mask: &[u8
             }
             (xs, ms)
         };
-        let (mut okbits, mut onbits) = (0u32, 0u32);
         for l in 0..L {
             let v = xs[l];
             let on = ms[l] != 0;
@@ -711,14 +711,19 @@ fn stats_f32_lanes<const MASKED: bool, const FINITE: bool>(x: &[f32], mask: &[u8
                 fmn[l] = if fin & (v < fmn[l]) { v } else { fmn[l] };
                 fmx[l] = if fin & (v > fmx[l]) { v } else { fmx[l] };
             }
-            okbits |= (ok as u32) << l;
+            cnt[l] += ok as u32;
             if MASKED {
-                onbits |= (on as u32) << l;
+                sel[l] += on as u32;
             }
         }
-        count += okbits.count_ones() as u64;
-        selected += if MASKED { onbits.count_ones() as u64 } else { (n - i).min(L) as u64 };
+        if !MASKED {
+            selected += (n - i).min(L) as u64;
+        }
         i += L;
+    }
+    let count: u64 = cnt.iter().map(|&c| c as u64).sum();
+    if MASKED {
+        selected = sel.iter().map(|&c| c as u64).sum();
     }
     // ±inf make the sum of squares infinite (finite f32 values cannot overflow it), so
     // infinities are counted only in the rare blocks that have them.
