@@ -160,7 +160,7 @@ fn stats_filters_and_groups_match_reference() {
         let path = dir.path(&format!("t{rows}.safetensors"));
         write_safetensors(&path, rows, &cols);
         let ds = Dataset::open(&path).unwrap();
-        let names = ["a", "b", "c", "d", "k", "i", "e", "s", "u"];
+        let names = ["a", "b", "c", "d", "k", "i", "e", "s", "u", "nan"];
         for q in 0..4 {
             let pred = if q == 0 { None } else { Some(random_predicate(&mut rng, 2)) };
             let sel: Vec<u64> = match &pred {
@@ -216,7 +216,7 @@ fn histograms_match_reference_exactly() {
         let path = dir.path(&format!("h{rows}.safetensors"));
         write_safetensors(&path, rows, &cols);
         let ds = Dataset::open(&path).unwrap();
-        for name in ["a", "c", "d", "i", "k", "b"] {
+        for name in ["a", "c", "d", "i", "k", "b", "nan"] {
             let bins = 1 + (rng.uniform() * 300.0) as u32;
             let vals = raw_values(&ds, name, &(0..rows as u64).collect::<Vec<_>>());
             let finite: Vec<f64> = vals.iter().copied().filter(|v| v.is_finite()).collect();

@@ -88,6 +88,8 @@ pub fn mixed_columns(rng: &mut Rng, rows: usize, special_rate: f64) -> Vec<ColDa
     push("u", DType::U64, bytemuck::cast_slice(&u).to_vec());
     let f: Vec<u8> = (0..rows).map(|_| (rng.uniform() < 0.3) as u8).collect();
     push("flag", DType::Bool, f);
+    let all_nan: Vec<f32> = (0..rows).map(|i| if i % 2 == 0 { f32::NAN } else { -f32::NAN }).collect();
+    push("nan", DType::F32, bytemuck::cast_slice(&all_nan).to_vec());
     cols
 }
 
