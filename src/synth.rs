@@ -9,9 +9,13 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::sink::table::{OutputColumn, OutputFormat, TableWriter};
 
-/// Rows generated per chunk; each chunk has its own seeded stream, so output does not
+/// Rows generated per chunk (for 8 columns; fewer for wider tables, so that a tile of
+/// chunks stays near 64 MiB). Each chunk has its own seeded stream, so the output does not
 /// depend on the thread count.
-const CHUNK: u64 = 1 << 16;
+const CHUNK_CELLS: u64 = 1 << 19;
+
+/// The most feature columns `gen` writes.
+pub const MAX_GEN_COLUMNS: usize = 65_536;
 
 /// A small, fast, seedable generator (splitmix64).
 #[derive(Debug, Clone)]
@@ -88,21 +92,25 @@ pub fn generate_with(
     }
     let mut columns: Vec<OutputColumn> = (0..cols).map(|j| OutputColumn { name: format!("f{j}"), dtype: DType::F32 }).collect();
     columns.push(OutputColumn { name: "key".into(), dtype: DType::U8 });
+    if cols > MAX_GEN_COLUMNS {
+        return Err(Error::plan(format!("--cols must be at most {MAX_GEN_COLUMNS}, got {cols}")));
+    }
+    let chunk = (CHUNK_CELLS / (cols as u64 + 1)).max(1);
     let mut writer = TableWriter::create(path, OutputFormat::Safetensors, columns, rows, force)?;
-    let chunks_per_tile = 64u64;
+    let chunks_per_tile = 32u64;
     let mut r0 = 0;
     while r0 < rows {
         if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
             return Err(Error::Interrupted);
         }
-        let r1 = (r0 + CHUNK * chunks_per_tile).min(rows);
+        let r1 = (r0 + chunk * chunks_per_tile).min(rows);
         let chunks: Vec<(Vec<Vec<f32>>, Vec<u8>)> = (r0..r1)
-            .step_by(CHUNK as usize)
+            .step_by(chunk as usize)
             .collect::<Vec<_>>()
             .into_par_iter()
             .map(|c0| {
-                let n = (r1 - c0).min(CHUNK) as usize;
-                let mut rng = Rng::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ (c0 / CHUNK));
+                let n = (r1 - c0).min(chunk) as usize;
+                let mut rng = Rng::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ (c0 / chunk));
                 let mut feats = vec![Vec::with_capacity(n); cols];
                 let mut keys = Vec::with_capacity(n);
                 for _ in 0..n {
