@@ -121,7 +121,9 @@ impl StatsAcc {
         } else {
             let n = b.count as f64;
             let md = b.sum_d / n;
-            (b.pivot + md, (b.sum_d2 - b.sum_d * md).max(0.0))
+            // Rounding can leave a tiny negative M2; NaN (overflowed sums) stays NaN.
+            let m2 = b.sum_d2 - b.sum_d * md;
+            (b.pivot + md, if m2 < 0.0 { 0.0 } else { m2 })
         };
         // A block of non-finite values has a non-finite mean; keep M2 NaN then, as f64 would.
         let m2 = if b.inf > 0 { f64::NAN } else { m2 };

@@ -24,7 +24,7 @@ pub enum Error {
         message: String,
     },
     /// A syntax or type error in an expression, with the byte position in its text.
-    #[error("expression error at position {position}: {message}\n  {text}\n  {caret}^", caret = " ".repeat(*position))]
+    #[error("expression error at position {position}: {message}: {excerpt}", excerpt = excerpt(text, *position))]
     Expr {
         /// The expression's text (empty when built in code).
         text: String,
@@ -76,4 +76,25 @@ impl Error {
     pub(crate) fn plan(message: impl Into<String>) -> Self {
         Error::Plan(message.into())
     }
+}
+
+/// One line showing where in `text` the byte `position` is: the character there in
+/// brackets, with up to 30 bytes of context on each side (`f0 > [>] 1`).
+fn excerpt(text: &str, position: usize) -> String {
+    if text.is_empty() {
+        return String::new();
+    }
+    let pos = (0..=position.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    let next = text[pos..].chars().next().map_or(pos, |c| pos + c.len_utf8());
+    let start = (0..=pos.saturating_sub(30)).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    let end = (next.min(text.len())..=(next + 30).min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+    let one_line = |s: &str| s.replace(['\n', '\r', '\t'], " ");
+    format!(
+        "{}{}[{}]{}{}",
+        if start > 0 { "..." } else { "" },
+        one_line(&text[start..pos]),
+        one_line(&text[pos..next]),
+        one_line(&text[next..end]),
+        if end < text.len() { "..." } else { "" }
+    )
 }

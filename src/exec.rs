@@ -84,6 +84,16 @@ pub(crate) fn run<B: Backend>(
     opts: &RunOptions,
     mut sink: Option<&mut TableWriter>,
 ) -> Result<PassOutput> {
+    // Each thread holds one block of every register: a huge expression must not outgrow the
+    // budget unnoticed.
+    let threads = opts.threads.unwrap_or_else(rayon::current_num_threads).max(1) as u64;
+    let reg_bytes = prog.instrs.len() as u64 * BLOCK_ROWS * 8 * threads;
+    if reg_bytes > opts.memory_budget.max(64 << 20) {
+        return Err(Error::plan(format!(
+            "the query's expressions need {} MiB of working memory on {threads} threads (more than --memory-budget); simplify them or raise the budget",
+            reg_bytes >> 20
+        )));
+    }
     let prep = backend.prepare(prog, ds)?;
     let rows = ds.rows();
     let tile = tile_rows(prog, ds, opts.memory_budget);

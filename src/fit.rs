@@ -57,11 +57,6 @@ impl StepOp {
     pub fn needs_fit(&self) -> bool {
         matches!(self, StepOp::Standardize { .. } | StepOp::MinMax { .. })
     }
-
-    /// True once the parameters are known (a fit ran, even over no values).
-    pub fn is_fitted(&self) -> bool {
-        true
-    }
 }
 
 /// One step applied to one column.
@@ -163,13 +158,16 @@ impl Fit {
             Some(1) => {}
             other => return Err(format!("unsupported fit version {other:?} (this tilestream reads version 1)")),
         }
-        let columns = o
-            .get("columns")
-            .and_then(Value::as_array)
-            .ok_or("missing \"columns\"")?
-            .iter()
-            .map(|c| c.as_str().map(str::to_string).ok_or_else(|| "\"columns\" must be strings".to_string()))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        // "columns" (the output columns, in order) is optional: without it, every input
+        // column is written, then the `with` columns.
+        let columns = match o.get("columns") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|c| c.as_str().map(str::to_string).ok_or_else(|| "\"columns\" must be strings".to_string()))
+                .collect::<std::result::Result<Vec<_>, _>>()?,
+            Some(other) => return Err(format!("\"columns\" must be a list, found {other}")),
+        };
         let mut steps = Vec::new();
         for s in o.get("steps").and_then(Value::as_array).ok_or("missing \"steps\"")? {
             let s = s.as_object().ok_or("a step is not an object")?;
@@ -186,8 +184,30 @@ impl Fit {
                 "minmax" => StepOp::MinMax { min: num("min")?, max: num("max")? },
                 other => return Err(format!("unknown step op `{other}`")),
             };
-            if !columns.contains(&column) {
+            if !columns.is_empty() && !columns.contains(&column) {
                 return Err(format!("step on `{column}`, which is not among \"columns\""));
+            }
+            if let StepOp::Clip { lo, hi } = op
+                && !(lo <= hi)
+            {
+                return Err(format!("clip of `{column}` needs lo <= hi, got {lo}:{hi}"));
+            }
+            // Steps of one column must follow the pipeline: with → clip → log1p → scale.
+            let rank = |op: &StepOp| match op {
+                StepOp::With { .. } => 0,
+                StepOp::Clip { .. } => 1,
+                StepOp::Log1p => 2,
+                StepOp::Standardize { .. } | StepOp::MinMax { .. } => 3,
+            };
+            if let Some(prev) = steps.iter().rev().find(|s: &&Step| s.column == column) {
+                let (a, b) = (rank(&prev.op), rank(&op));
+                if b < a || (a == b && b != 1) {
+                    return Err(format!(
+                        "steps of `{column}` are out of pipeline order (with, clip, log1p, then standardize or minmax, once each): {} after {}",
+                        op.name(),
+                        prev.op.name()
+                    ));
+                }
             }
             steps.push(Step { column, op });
         }

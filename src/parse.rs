@@ -923,7 +923,7 @@ mod tests {
     #[test]
     fn error_display_has_caret() {
         let Err(e) = parse_expr("a = b") else { panic!("must fail") };
-        assert_eq!(e.to_string(), "expression error at position 2: `=` is not an operator; use == to compare\n  a = b\n    ^");
+        assert_eq!(e.to_string(), "expression error at position 2: `=` is not an operator; use == to compare: a [=] b");
     }
 
     /// Runs `f` on a thread with a 2 MiB stack (the default for spawned threads and tests), to

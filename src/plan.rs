@@ -204,14 +204,19 @@ impl LazyFrame {
     }
 
     /// A builder with the filters and `with` columns applied.
+    /// Filters and `with` columns see the raw dataset columns only (the pipeline runs
+    /// filter → with); later aggregates and outputs see the `with` columns by name.
     fn builder(&self) -> Result<Builder<'_>> {
         let mut b = Builder::new(&self.ds);
-        for (name, e) in &self.with {
-            let r = b.expr(e)?;
-            b.define(name, r);
-        }
         for f in &self.filters {
             b.filter(f)?;
+        }
+        let mut defined = Vec::with_capacity(self.with.len());
+        for (name, e) in &self.with {
+            defined.push((name, b.expr(e)?));
+        }
+        for (name, r) in defined {
+            b.define(name, r);
         }
         Ok(b)
     }
@@ -614,8 +619,16 @@ impl TransformQuery {
 
 /// Applies a fitted transform to the frame's rows and writes `path`.
 pub fn apply_fit(lf: &LazyFrame, fit: &Fit, path: &Path, sink: &SinkOptions, device: &Device, opts: &RunOptions) -> Result<SinkReport> {
-    if let Some(s) = fit.steps.iter().find(|s| s.op.needs_fit() && !s.op.is_fitted()) {
-        return Err(Error::plan(format!("the fit has no fitted parameters for `{}`", s.column)));
+    if fit.columns.is_empty() {
+        // No column list: every input column, then the `with` columns.
+        let mut fit = fit.clone();
+        fit.columns = lf.ds.columns().iter().map(|c| c.name.clone()).collect();
+        for s in &fit.steps {
+            if matches!(s.op, StepOp::With { .. }) && !fit.columns.contains(&s.column) {
+                fit.columns.push(s.column.clone());
+            }
+        }
+        return write(lf, &fit, path, sink, device, opts, RunReport::default());
     }
     write(lf, fit, path, sink, device, opts, RunReport::default())
 }
@@ -733,6 +746,8 @@ fn write_program(lf: &LazyFrame, fit: &Fit) -> Result<(FusedProgram, LazyFrame)>
             }
             Source::Reg(r) => match b.prog.reg_type(r) {
                 VType::F32 => (DType::F32, true),
+                // A scaled integer is a float.
+                VType::Int if scale.is_some() => (DType::F32, true),
                 VType::Int => (DType::I64, false),
                 VType::Bool => (DType::Bool, false),
             },

@@ -285,6 +285,12 @@ impl<'a> Builder<'a> {
             ExprKind::Lit(Literal::Int(v)) => Ok(self.constant(Value::I(*v))),
             ExprKind::Lit(Literal::Bool(v)) => Ok(self.constant(Value::B(*v))),
             ExprKind::Neg(a) => {
+                // `-(5)` is the integer -5, so it still compares exactly with integer columns.
+                if let ExprKind::Lit(Literal::Int(v)) = a.kind
+                    && let Some(neg) = v.checked_neg()
+                {
+                    return Ok(self.constant(Value::I(neg)));
+                }
                 let r = self.expr(a)?;
                 self.float_op(Op::Neg, &[r], a)
             }

@@ -90,11 +90,11 @@ pub fn generate_with(
     if OutputFormat::from_path(path)? != OutputFormat::Safetensors {
         return Err(Error::plan(format!("gen writes .safetensors files, not {}", path.display())));
     }
-    let mut columns: Vec<OutputColumn> = (0..cols).map(|j| OutputColumn { name: format!("f{j}"), dtype: DType::F32 }).collect();
-    columns.push(OutputColumn { name: "key".into(), dtype: DType::U8 });
     if cols > MAX_GEN_COLUMNS {
         return Err(Error::plan(format!("--cols must be at most {MAX_GEN_COLUMNS}, got {cols}")));
     }
+    let mut columns: Vec<OutputColumn> = (0..cols).map(|j| OutputColumn { name: format!("f{j}"), dtype: DType::F32 }).collect();
+    columns.push(OutputColumn { name: "key".into(), dtype: DType::U8 });
     let chunk = (CHUNK_CELLS / (cols as u64 + 1)).max(1);
     let mut writer = TableWriter::create(path, OutputFormat::Safetensors, columns, rows, force)?;
     let chunks_per_tile = 32u64;

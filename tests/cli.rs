@@ -478,21 +478,16 @@ fn where_aliases_backticks_and_precedence() {
     assert_eq!(count("abs(`x:0`) <= 0.25 || false"), x.iter().filter(|r| r[0].abs() <= 0.25).count() as u64);
 }
 
-/// Finds the caret line under the echoed expression and checks it points at `position`.
+/// Checks the one-line error marks `position` in the echoed expression: `f0 > [>] 1`.
 fn check_caret(stderr: &str, expr: &str) {
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
     let first = stderr.lines().next().unwrap_or_default();
     assert!(first.starts_with("tilestream: "), "{stderr}");
     let at = first.find("position ").unwrap_or_else(|| panic!("no position in {first:?}"));
     let pos: usize = first[at + 9..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().expect("position number");
-    let lines: Vec<&str> = stderr.lines().collect();
-    let i = lines
-        .iter()
-        .position(|l| l.contains(expr) && !l.starts_with("tilestream: "))
-        .unwrap_or_else(|| panic!("expression not echoed: {stderr}"));
-    let text_col = lines[i].find(expr).expect("expr");
-    let caret_line = lines.get(i + 1).unwrap_or_else(|| panic!("no caret line: {stderr}"));
-    let caret_col = caret_line.find('^').unwrap_or_else(|| panic!("no caret: {stderr}"));
-    assert_eq!(caret_col - text_col, pos, "caret under position {pos}: {stderr}");
+    let next = expr[pos..].chars().next().map_or(pos, |c| pos + c.len_utf8());
+    let marked = format!("{}[{}]{}", &expr[..pos], &expr[pos..next], &expr[next..]);
+    assert!(first.ends_with(&marked), "position {pos} marked in `{marked}`: {stderr}");
 }
 
 #[test]

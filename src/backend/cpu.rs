@@ -632,10 +632,20 @@ fn load_bool<T: Elem>(x: &[T], o: &mut [u8]) {
 /// Statistics of one block of values; `mask` selects rows.
 #[inline(always)]
 fn stats_any<T: Elem>(x: &[T], mask: Option<&[u8]>) -> BlockStats {
-    let pivot = x.iter().find(|v| !v.is_nan() && !v.is_inf()).map_or(0.0, |v| v.f64());
+    let pivot = first_finite(x, mask, |v| !v.is_nan() && !v.is_inf()).map_or(0.0, |v| v.f64());
     match mask {
         None => stats_lanes::<T, false>(x, &[], pivot),
         Some(m) => stats_lanes::<T, true>(x, m, pivot),
+    }
+}
+
+/// The block's first selected finite value: the shift of its sums. A value the filter
+/// drops (a sentinel like 3e38, say) must never be the shift of the values it keeps.
+#[inline(always)]
+fn first_finite<T: Copy>(x: &[T], mask: Option<&[u8]>, finite: impl Fn(T) -> bool) -> Option<T> {
+    match mask {
+        None => x.iter().copied().find(|&v| finite(v)),
+        Some(m) => x.iter().zip(m).find(|&(&v, &on)| on != 0 && finite(v)).map(|(&v, _)| v),
     }
 }
 
@@ -657,7 +667,7 @@ fn prefetch<T>(x: &[T], i: usize) {
 /// Statistics of a block of f32 values; `FINITE` also tracks the finite min/max.
 #[inline(always)]
 fn stats_f32_any<const FINITE: bool>(x: &[f32], mask: Option<&[u8]>) -> BlockStats {
-    let pivot = x.iter().find(|v| v.is_finite()).map_or(0.0, |&v| v as f64);
+    let pivot = first_finite(x, mask, |v| v.is_finite()).map_or(0.0, |v| v as f64);
     match mask {
         None => stats_f32_lanes::<false, FINITE>(x, &[], pivot),
         Some(m) => stats_f32_lanes::<true, FINITE>(x, m, pivot),
@@ -1020,9 +1030,14 @@ fn group_block<'a>(
 
 #[inline(always)]
 fn group_accumulate<T: Elem>(x: &[T], slots: &[u32], acc: &mut [BlockStats]) {
-    let pivot = x.iter().find(|v| !v.is_nan() && !v.is_inf()).map_or(0.0, |v| v.f64());
-    for a in acc.iter_mut() {
-        a.pivot = pivot;
+    // Each group's shift is its own first finite value in the block.
+    let mut has_pivot = vec![false; acc.len()];
+    for (i, &v) in x.iter().enumerate() {
+        let slot = slots[i];
+        if slot != u32::MAX && !has_pivot[slot as usize] && !v.is_nan() && !v.is_inf() {
+            has_pivot[slot as usize] = true;
+            acc[slot as usize].pivot = v.f64();
+        }
     }
     for (i, &v) in x.iter().enumerate() {
         let slot = slots[i];
@@ -1035,7 +1050,7 @@ fn group_accumulate<T: Elem>(x: &[T], slots: &[u32], acc: &mut [BlockStats]) {
             continue;
         }
         let f = v.f64();
-        let d = f - pivot;
+        let d = f - a.pivot;
         a.count += 1;
         a.sum_d += d;
         a.sum_d2 += d * d;

@@ -257,15 +257,21 @@ fn main() {
             if is_broken_pipe(&e) {
                 0
             } else if e.downcast_ref::<Error>().is_some_and(|t| matches!(t, Error::Interrupted)) {
-                eprintln!("tilestream: interrupted");
+                err_line("tilestream: interrupted");
                 130
             } else {
-                eprintln!("tilestream: {}", chain(&e));
+                err_line(&format!("tilestream: {}", chain(&e)));
                 2
             }
         }
     };
     std::process::exit(code);
+}
+
+/// Writes one line to stderr; a closed stderr is not an error worth a panic.
+fn err_line(line: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = e.write_all(line.as_bytes()).and_then(|_| e.write_all(b"\n"));
 }
 
 fn chain(e: &anyhow::Error) -> String {
@@ -528,9 +534,12 @@ fn histogram(
     let r = frame(&ds, filter)?.aggregate([h]).collect_with(&ctx.device, &opts)?;
     pb.finish_and_clear();
     let h = r.histograms.first().ok_or_else(|| anyhow!("internal: no histogram"))?;
+    // Edges of an integer column are JSON integers, like its min/max in `stats`.
+    let int_column = ds.column(column).is_ok_and(|c| c.dtype.is_int());
+    let bound = |v: f64| if int_column && v.fract() == 0.0 && v.abs() < 9.0e15 { json!(v as i64) } else { json_f64(Some(v)) };
     if json {
         return out(&json!({
-            "column": h.column, "min": json_f64(Some(h.lo)), "max": json_f64(Some(h.hi)), "bins": h.counts.len(), "counts": h.counts,
+            "column": h.column, "min": bound(h.lo), "max": bound(h.hi), "bins": h.counts.len(), "counts": h.counts,
             "below": h.below, "above": h.above, "nan": h.nan, "rows_selected": h.rows_selected,
         })
         .to_string());
@@ -580,10 +589,7 @@ fn transform(ctx: &Ctx, a: &TransformArgs) -> Result<()> {
             || a.cast.is_some()
             || a.save_fit.is_some();
         if extra {
-            eprintln!(
-                "tilestream: --apply replays a saved transform; it takes no other transform flags (only --where, -o, --force, --json)"
-            );
-            std::process::exit(2);
+            bail!("--apply replays a saved transform; it takes no other transform flags (only --where, -o, --force, --json)");
         }
         let fit = Fit::load(fit_path)?;
         tilestream::apply_fit(&lf, &fit, &a.out, &sink, &ctx.device, &opts)?
@@ -618,10 +624,18 @@ fn transform(ctx: &Ctx, a: &TransformArgs) -> Result<()> {
         }
         let q = lf.clone().transform(t);
         if let Some(p) = &a.save_fit {
-            // Fit first so a bad fit path fails before the output is written.
+            // The fit file must not clobber an input or the output, and is written only once
+            // the output is complete.
+            if a.paths.iter().chain([&a.out]).any(|q| same_path(p, q)) {
+                bail!("--save-fit {} is an input or the output; choose another path", p.display());
+            }
+            if p.exists() && !a.force {
+                bail!("{}: fit file exists; pass --force to overwrite", p.display());
+            }
             let fit = q.fit(&ctx.device, &opts)?;
+            let report = tilestream::apply_fit(&lf, &fit, &a.out, &sink, &ctx.device, &opts)?;
             fit.save(p, a.force)?;
-            tilestream::apply_fit(&lf, &fit, &a.out, &sink, &ctx.device, &opts)?
+            report
         } else {
             q.sink(&a.out, &sink, &ctx.device, &opts)?.1
         }
@@ -638,15 +652,27 @@ fn transform(ctx: &Ctx, a: &TransformArgs) -> Result<()> {
         );
     }
     if !ctx.quiet {
-        eprintln!(
+        err_line(&format!(
             "wrote {} rows x {} columns to {} in {:.2} s",
             report.rows_written,
             report.columns.len(),
             a.out.display(),
             t0.elapsed().as_secs_f64()
-        );
+        ));
     }
     Ok(())
+}
+
+/// True when two paths name the same file (or the same path, for files not there yet).
+fn same_path(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => {
+            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            abs(a) == abs(b)
+        }
+    }
 }
 
 fn generate_cmd(ctx: &Ctx, out_path: &Path, rows: u64, cols: usize, seed: u64, force: bool) -> Result<()> {
@@ -719,7 +745,7 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
 
 fn note(ctx: &Ctx, msg: &str) {
     if !ctx.quiet {
-        eprintln!("{msg}");
+        err_line(msg);
     }
 }
 

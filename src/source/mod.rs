@@ -249,24 +249,22 @@ fn map_file(path: &Path, kind: FileKind) -> Result<MappedFile> {
     };
     let bytes = map.as_deref().unwrap_or(&[]);
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    if len == 0 {
+        return Err(Error::format(path, "empty file"));
+    }
     let parsed = match kind {
         FileKind::Raw { dtype, cols } => raw::parse_raw(path, &stem, len, dtype, cols)?,
-        FileKind::Auto => {
-            if len == 0 {
-                return Err(Error::format(path, "empty file"));
+        FileKind::Auto => match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+            Some("safetensors") => safetensors::parse_safetensors(path, bytes)?,
+            Some("npy") => npy::parse_npy(path, &stem, bytes)?,
+            _ if bytes.starts_with(b"\x93NUMPY") => npy::parse_npy(path, &stem, bytes)?,
+            _ => {
+                return Err(Error::format(
+                    path,
+                    "unknown format: expected a .safetensors or .npy file (use --raw DTYPE:COLS for headerless binary)",
+                ));
             }
-            match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
-                Some("safetensors") => safetensors::parse_safetensors(path, bytes)?,
-                Some("npy") => npy::parse_npy(path, &stem, bytes)?,
-                _ if bytes.starts_with(b"\x93NUMPY") => npy::parse_npy(path, &stem, bytes)?,
-                _ => {
-                    return Err(Error::format(
-                        path,
-                        "unknown format: expected a .safetensors or .npy file (use --raw DTYPE:COLS for headerless binary)",
-                    ));
-                }
-            }
-        }
+        },
     };
     Ok(MappedFile { path: path.to_path_buf(), map, len, modified: meta.modified().ok(), parsed })
 }

@@ -1,0 +1,214 @@
+//! Regression tests for bugs found in review: each test names the wrong behaviour it pins.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use tilestream::{Cols, DType, Dataset, Device, Fit, RunOptions, SinkOptions, Transform, all_stats, col, lit, parse_expr};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tilestream"))
+}
+
+fn f32_col(name: &str, v: &[f32]) -> ColData {
+    ColData { name: name.into(), dtype: DType::F32, bytes: bytemuck::cast_slice(v).to_vec() }
+}
+
+/// A filtered-out sentinel (3e38) at the start of a block must not become the shift of
+/// the values the filter keeps.
+#[test]
+fn filtered_sentinel_does_not_spoil_variance() {
+    let seed = seed("filtered_sentinel_does_not_spoil_variance");
+    let mut rng = tilestream::synth::Rng::new(seed);
+    let dir = TempDir::new("sentinel");
+    let rows = 20_000;
+    let x: Vec<f32> = (0..rows).map(|i| if i % 8192 == 0 { 3e38 } else { (5.0 + rng.normal()) as f32 }).collect();
+    let path = dir.path("s.safetensors");
+    write_safetensors(&path, rows, &[f32_col("x", &x)]);
+    let ds = Dataset::open(&path).unwrap();
+    let kept: Vec<f64> = x.iter().filter(|&&v| v < 1e38).map(|&v| v as f64).collect();
+    let r = tilestream::reference::stats(&kept);
+    let s = *ds.lazy().filter(col("x").lt(lit(1e38))).aggregate([all_stats(["x"])]).collect(&Device::Cpu).unwrap().column("x").unwrap();
+    assert!((s.mean.unwrap() - r.mean).abs() < 1e-9 * r.mean.abs(), "mean {:?} vs {}", s.mean, r.mean);
+    assert!((s.var.unwrap() - r.var).abs() < 1e-6 * r.var, "var {:?} vs {}", s.var, r.var);
+    // The same per group: a huge value in one group must not shift another group's sums.
+    let k: Vec<u8> = (0..rows).map(|i| (i % 8192 == 0) as u8).collect();
+    write_safetensors(&path, rows, &[f32_col("x", &x), ColData { name: "k".into(), dtype: DType::U8, bytes: k }]);
+    let ds = Dataset::open(&path).unwrap();
+    let g = ds.lazy().group_by("k").aggregate([all_stats(["x"])]).collect(&Device::Cpu).unwrap();
+    let g0 = &g.groups[0].columns[0].1;
+    assert!((g0.var.unwrap() - r.var).abs() < 1e-6 * r.var, "group var {:?} vs {}", g0.var, r.var);
+}
+
+/// Variance that overflows f64 is not reported as 0.
+#[test]
+fn overflowing_variance_is_not_zero() {
+    let dir = TempDir::new("overflow");
+    let x: Vec<f64> = vec![1e300, 1.0, 2.0, 3.0];
+    let path = dir.path("o.safetensors");
+    write_safetensors(&path, 4, &[ColData { name: "x".into(), dtype: DType::F64, bytes: bytemuck::cast_slice(&x).to_vec() }]);
+    let s = *Dataset::open(&path).unwrap().lazy().aggregate([all_stats(["x"])]).collect(&Device::Cpu).unwrap().column("x").unwrap();
+    let var = s.var.unwrap();
+    assert!(var.is_infinite() || var.is_nan(), "the true variance (~1.9e599) overflows f64: got {var}");
+}
+
+/// `--where` sees raw values even when `--with` replaces the column it filters on.
+#[test]
+fn where_sees_raw_values_not_with_columns() {
+    let dir = TempDir::new("rawwhere");
+    let x: Vec<f32> = (0..1000).map(|i| i as f32 - 300.0).collect();
+    let path = dir.path("i.safetensors");
+    write_safetensors(&path, 1000, &[f32_col("f0", &x)]);
+    let ds = Dataset::open(&path).unwrap();
+    let t = Transform { with: vec![("f0".into(), parse_expr("-f0").unwrap())], ..Transform::default() };
+    let out = dir.path("o.safetensors");
+    let (_, rep) = ds
+        .lazy()
+        .filter(col("f0").gt(lit(0.0)))
+        .transform(t)
+        .sink(&out, &SinkOptions::default(), &Device::Cpu, &RunOptions::default())
+        .unwrap();
+    assert_eq!(rep.rows_written, 699, "raw f0 > 0 keeps 699 rows");
+    // And a `with` column sees raw columns, not an earlier `with` of the same name.
+    let t = Transform {
+        with: vec![("a".into(), parse_expr("f0 * 2").unwrap()), ("b".into(), parse_expr("f0 + 1").unwrap())],
+        select: Some(vec!["a".into(), "b".into()]),
+        ..Transform::default()
+    };
+    let (_, rep) = ds.lazy().transform(t).sink(&out, &SinkOptions { force: true }, &Device::Cpu, &RunOptions::default()).unwrap();
+    assert_eq!(rep.rows_written, 1000);
+}
+
+/// Standardizing an integer `with` column writes standardized f32, not raw integers.
+#[test]
+fn scaling_an_integer_with_column_gives_floats() {
+    let dir = TempDir::new("intscale");
+    let k: Vec<i32> = (0..100).collect();
+    let path = dir.path("i.safetensors");
+    write_safetensors(&path, 100, &[ColData { name: "k".into(), dtype: DType::I32, bytes: bytemuck::cast_slice(&k).to_vec() }]);
+    let ds = Dataset::open(&path).unwrap();
+    let t = Transform {
+        with: vec![("k2".into(), parse_expr("k").unwrap())],
+        select: Some(vec!["k2".into()]),
+        standardize: Cols::List(vec!["k2".into()]),
+        ..Transform::default()
+    };
+    let out = dir.path("o.safetensors");
+    let (_, rep) = ds.lazy().transform(t).sink(&out, &SinkOptions::default(), &Device::Cpu, &RunOptions::default()).unwrap();
+    assert_eq!(rep.columns[0].1, DType::F32);
+    let r = Dataset::open(&out).unwrap().lazy().aggregate([all_stats(["k2"])]).collect(&Device::Cpu).unwrap();
+    let s = r.column("k2").unwrap();
+    assert!(s.mean.unwrap().abs() < 1e-6 && (s.std.unwrap() - 1.0).abs() < 1e-6, "{s:?}");
+}
+
+/// An expression whose registers outgrow the budget is refused instead of allocating.
+#[test]
+fn huge_expressions_respect_the_budget() {
+    let dir = TempDir::new("hugeexpr");
+    let x: Vec<f32> = (0..100).map(|i| i as f32).collect();
+    let path = dir.path("i.safetensors");
+    write_safetensors(&path, 100, &[f32_col("f1", &x)]);
+    let ds = Dataset::open(&path).unwrap();
+    let term = (0..120).map(|_| "f1").collect::<Vec<_>>().join(" + ");
+    let text = (0..120).map(|_| format!("({term})")).collect::<Vec<_>>().join(" + ") + " > 0";
+    let e = parse_expr(&text).unwrap();
+    let err = ds
+        .lazy()
+        .filter(e)
+        .aggregate([all_stats(["f1"])])
+        .collect_with(&Device::Cpu, &RunOptions { memory_budget: 16 << 20, ..RunOptions::default() })
+        .unwrap_err();
+    assert!(err.to_string().contains("working memory"), "{err}");
+}
+
+/// `-(16777217)` is an exact integer literal.
+#[test]
+fn negated_integer_literals_compare_exactly() {
+    let dir = TempDir::new("negint");
+    let v: Vec<i64> = vec![-16_777_217, -16_777_216, -16_777_218];
+    let path = dir.path("i.safetensors");
+    write_safetensors(&path, 3, &[ColData { name: "neg".into(), dtype: DType::I64, bytes: bytemuck::cast_slice(&v).to_vec() }]);
+    let ds = Dataset::open(&path).unwrap();
+    let n = ds
+        .lazy()
+        .filter(parse_expr("neg == -(16777217)").unwrap())
+        .aggregate([all_stats(["neg"])])
+        .collect(&Device::Cpu)
+        .unwrap()
+        .rows_selected;
+    assert_eq!(n, 1);
+}
+
+/// Fit files: "columns" is optional, steps must follow the pipeline, clip needs lo <= hi.
+#[test]
+fn fit_files_are_validated() {
+    let ok = r#"{"format": "tilestream-fit", "version": 1, "steps": [{"column": "f0", "op": "clip", "params": {"lo": -1, "hi": 1}}], "fill_nan": null, "cast": null}"#;
+    let fit = Fit::from_json_str(ok).unwrap();
+    assert!(fit.columns.is_empty());
+    let bad_order = r#"{"format": "tilestream-fit", "version": 1, "steps": [{"column": "f0", "op": "standardize", "params": {"mean": 0, "std": 1}}, {"column": "f0", "op": "clip", "params": {"lo": -1, "hi": 1}}]}"#;
+    assert!(Fit::from_json_str(bad_order).unwrap_err().contains("order"));
+    let bad_clip = r#"{"format": "tilestream-fit", "version": 1, "steps": [{"column": "f0", "op": "clip", "params": {"lo": 2, "hi": 1}}]}"#;
+    assert!(Fit::from_json_str(bad_clip).unwrap_err().contains("lo <= hi"));
+    // A fit without "columns" applies to every input column.
+    let dir = TempDir::new("fitcols");
+    let x: Vec<f32> = vec![-5.0, 0.5, 7.0];
+    let path = dir.path("i.safetensors");
+    write_safetensors(&path, 3, &[f32_col("f0", &x), f32_col("g", &x)]);
+    let out = dir.path("o.safetensors");
+    let rep = tilestream::apply_fit(
+        &Dataset::open(&path).unwrap().lazy(),
+        &fit,
+        &out,
+        &SinkOptions::default(),
+        &Device::Cpu,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(rep.columns.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), ["f0", "g"]);
+}
+
+/// `--save-fit` never overwrites an input, and is not left behind when the run fails.
+#[test]
+fn save_fit_is_checked_and_written_last() {
+    let dir = TempDir::new("savefit");
+    let input = dir.path("in.safetensors");
+    let st = bin().args(["gen", input.to_str().unwrap(), "--rows", "1000"]).status().unwrap();
+    assert!(st.success());
+    let before = std::fs::read(&input).unwrap();
+    let out = dir.path("out.safetensors");
+    let r = bin()
+        .args([
+            "transform",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--standardize",
+            "f0",
+            "--save-fit",
+            input.to_str().unwrap(),
+            "--force",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read(&input).unwrap(), before, "input untouched");
+    // Output exists and no --force: the run fails and leaves no fit file.
+    std::fs::write(&out, b"keep").unwrap();
+    let fit = dir.path("fit.json");
+    let r = bin()
+        .args([
+            "transform",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--standardize",
+            "f0",
+            "--save-fit",
+            fit.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    assert!(!fit.exists(), "no fit file after a failed run");
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep");
+}
