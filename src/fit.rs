@@ -188,7 +188,7 @@ impl Fit {
                 return Err(format!("step on `{column}`, which is not among \"columns\""));
             }
             if let StepOp::Clip { lo, hi } = op
-                && !(lo <= hi)
+                && (lo.is_nan() || hi.is_nan() || lo > hi)
             {
                 return Err(format!("clip of `{column}` needs lo <= hi, got {lo}:{hi}"));
             }
