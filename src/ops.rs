@@ -29,6 +29,19 @@ pub enum Cmp {
     Ne,
 }
 
+impl Cmp {
+    /// The comparison with its operands swapped: `a < b` is `b > a`.
+    pub fn flip(self) -> Cmp {
+        match self {
+            Cmp::Lt => Cmp::Gt,
+            Cmp::Le => Cmp::Ge,
+            Cmp::Gt => Cmp::Lt,
+            Cmp::Ge => Cmp::Le,
+            c => c,
+        }
+    }
+}
+
 /// An operation on registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {

@@ -373,7 +373,7 @@ impl<'a> Builder<'a> {
             (VType::Bool, _) | (_, VType::Bool) => Err(e.error("cannot compare a boolean with a number")),
             (VType::Int, VType::F32) if is_float_literal(b).is_some() => Ok(self.int_vs_real(ra, cmp, is_float_literal(b).unwrap_or(0.0))),
             (VType::F32, VType::Int) if is_float_literal(a).is_some() => {
-                Ok(self.int_vs_real(rb, flip(cmp), is_float_literal(a).unwrap_or(0.0)))
+                Ok(self.int_vs_real(rb, cmp.flip(), is_float_literal(a).unwrap_or(0.0)))
             }
             _ => self.float_op(Op::CmpF(cmp), &[ra, rb], e),
         }
@@ -423,16 +423,6 @@ impl<'a> Builder<'a> {
 
 fn is_nan_value(v: &Value) -> bool {
     matches!(v, Value::F(f) if f.is_nan())
-}
-
-fn flip(c: Cmp) -> Cmp {
-    match c {
-        Cmp::Lt => Cmp::Gt,
-        Cmp::Le => Cmp::Ge,
-        Cmp::Gt => Cmp::Lt,
-        Cmp::Ge => Cmp::Le,
-        c => c,
-    }
 }
 
 /// The value of a float literal, also under unary minus.

@@ -126,7 +126,7 @@ fn plan_steps(prog: &FusedProgram, dtypes: &[DType]) -> Vec<Step> {
         let (a, b) = (args[0], args[1]);
         let (load, konst, cmp) = match (&prog.instrs[a], &prog.instrs[b]) {
             (Instr::Load { .. }, Instr::Const(_)) => (a, b, *cmp),
-            (Instr::Const(_), Instr::Load { .. }) => (b, a, flip(*cmp)),
+            (Instr::Const(_), Instr::Load { .. }) => (b, a, cmp.flip()),
             _ => continue,
         };
         let Instr::Load { slot, .. } = prog.instrs[load] else { continue };
@@ -140,16 +140,6 @@ fn plan_steps(prog: &FusedProgram, dtypes: &[DType]) -> Vec<Step> {
         }
     }
     steps
-}
-
-fn flip(c: Cmp) -> Cmp {
-    match c {
-        Cmp::Lt => Cmp::Gt,
-        Cmp::Le => Cmp::Ge,
-        Cmp::Gt => Cmp::Lt,
-        Cmp::Ge => Cmp::Le,
-        c => c,
-    }
 }
 
 impl Backend for Cpu {

@@ -9,6 +9,7 @@ use std::path::Path;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::source::parsed::{ColumnLayout, ParsedFile, TensorInfo};
+use crate::source::parsed::{escape, show};
 
 /// The first six bytes of every `.npy` file.
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
@@ -458,29 +459,6 @@ fn format_shape(shape: &[u64]) -> String {
             format!("({})", dims.join(", "))
         }
     }
-}
-
-/// A name in backticks, escaped and shortened so that a message stays on one short line.
-fn show(name: &str) -> String {
-    format!("`{}`", escape(name))
-}
-
-/// Escapes control characters and cuts text longer than 80 characters.
-fn escape(text: &str) -> String {
-    const LIMIT: usize = 80;
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == LIMIT {
-            out.push_str("...");
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -42,3 +42,26 @@ pub struct ParsedFile {
     /// Columns in file order.
     pub columns: Vec<ColumnLayout>,
 }
+
+/// A name in backticks, escaped and shortened so that a message stays on one short line.
+pub(crate) fn show(name: &str) -> String {
+    format!("`{}`", escape(name))
+}
+
+/// Escapes control characters and cuts text longer than 80 characters.
+pub(crate) fn escape(text: &str) -> String {
+    const LIMIT: usize = 80;
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == LIMIT {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

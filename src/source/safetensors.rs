@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::source::parsed::{ColumnLayout, ParsedFile, TensorInfo};
+use crate::source::parsed::{escape, show};
 
 /// Largest header accepted, in bytes (the same limit as the reference implementation).
 const MAX_HEADER_LEN: u64 = 100_000_000;
@@ -421,29 +422,6 @@ fn describe_number(v: &Value) -> String {
         Value::Number(n) => n.to_string(),
         other => kind(other).to_string(),
     }
-}
-
-/// A name in backticks, escaped and shortened so that a message stays on one short line.
-fn show(name: &str) -> String {
-    format!("`{}`", escape(name))
-}
-
-/// Escapes control characters and cuts text longer than 80 characters.
-fn escape(text: &str) -> String {
-    const LIMIT: usize = 80;
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == LIMIT {
-            out.push_str("...");
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

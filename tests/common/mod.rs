@@ -32,6 +32,10 @@ impl TempDir {
     pub fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+    /// `path(name)` as a `String`, for argument lists.
+    pub fn s(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
 }
 impl Drop for TempDir {
     fn drop(&mut self) {

@@ -4,7 +4,7 @@
 
 use std::ffi::OsStr;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -146,41 +146,11 @@ pub fn run_in<S: AsRef<OsStr>>(args: &[S], dir: Option<&Path>) -> Run {
     Run { cmd, code, status, stdout, stderr, secs }
 }
 
-/// A fresh seed from the clock (or `TEST_SEED`), printed so a failure can be replayed.
-pub fn seed(test: &str) -> u64 {
-    let s = std::env::var("TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) % 1_000_000_007
-    });
-    eprintln!("{test}: seed = {s} (rerun with TEST_SEED={s})");
-    s
-}
-
-/// A temporary folder unique to one test, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("ts-cli-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    /// `path(name)` as a `String`, for argument lists.
-    pub fn s(&self, name: &str) -> String {
-        self.path(name).display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+// Seeds and temp folders are shared with the library-level tests.
+#[path = "../common/mod.rs"]
+mod common;
+#[allow(unused_imports)]
+pub use common::{TempDir, seed};
 
 /// Whether `python3` can import numpy. Without it the numpy checks are skipped (printed),
 /// unless `REQUIRE_NUMPY=1`, which turns the skip into a failure.
