@@ -60,7 +60,7 @@ pub const MAX_NESTING: usize = 2 * MAX_DEPTH;
 /// operator, or the function name. Parentheses make no node of their own. Every node's `source` is
 /// the same `Arc` holding `text`.
 ///
-/// Trees deeper than [`MAX_DEPTH`] and parentheses nested deeper than [`MAX_NESTING`] are errors.
+/// Trees deeper than 256 levels and parentheses nested deeper than 512 are errors.
 ///
 /// # Errors
 ///

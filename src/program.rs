@@ -107,7 +107,7 @@ pub struct OutSpec {
 pub struct FusedProgram {
     /// Dataset column index of each input slot.
     pub inputs: Vec<usize>,
-    /// SSA instructions; register i holds instrs[i]'s result.
+    /// SSA instructions; register `i` holds the result of `instrs[i]`.
     pub instrs: Vec<Instr>,
     /// The AND of every filter, if any.
     pub mask: Option<Reg>,
