@@ -162,6 +162,7 @@ pub(crate) fn run<B: Backend>(
             sink.write_tile(packed, &cols)?;
             out.rows_written += packed as u64;
         }
+        ds.check_faults()?;
         ds.done_with(&prog.inputs, r0, r1);
         if let Some(p) = &opts.progress {
             p(r1, rows);

@@ -4,6 +4,7 @@ pub mod npy;
 pub mod parsed;
 pub mod raw;
 pub mod safetensors;
+mod sigbus;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,9 @@ pub enum FileKind {
 /// One mapped file of a dataset.
 #[derive(Debug)]
 pub struct MappedFile {
+    /// Turns a SIGBUS from this mapping (the file shrank) into an error. Declared before
+    /// `map` so that the watch ends before the mapping goes away.
+    watch: Option<sigbus::Watch>,
     path: PathBuf,
     map: Option<Mmap>,
     len: u64,
@@ -219,8 +223,26 @@ impl Dataset {
         f(map, start_page, end_page.min(map.len()) - start_page);
     }
 
+    /// Fails if a read faulted because an input file shrank while mapped (the faulting
+    /// pages read as zeros, so results would be wrong).
+    pub(crate) fn check_faults(&self) -> Result<()> {
+        for f in self.files.iter() {
+            if let Some(offset) = f.watch.as_ref().and_then(|w| w.fault()) {
+                return Err(Error::io(
+                    &f.path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("the file was truncated while being read (no data at byte {offset})"),
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that no input file changed size or modification time since it was opened.
     pub fn check_unchanged(&self) -> Result<()> {
+        self.check_faults()?;
         for f in self.files.iter() {
             let meta = std::fs::metadata(&f.path).map_err(|e| Error::io(&f.path, e))?;
             if meta.len() != f.len || meta.modified().ok() != f.modified {
@@ -266,5 +288,6 @@ fn map_file(path: &Path, kind: FileKind) -> Result<MappedFile> {
             }
         },
     };
-    Ok(MappedFile { path: path.to_path_buf(), map, len, modified: meta.modified().ok(), parsed })
+    let watch = map.as_ref().map(|m| sigbus::Watch::new(m.as_ptr(), m.len()));
+    Ok(MappedFile { path: path.to_path_buf(), map, len, modified: meta.modified().ok(), parsed, watch })
 }
