@@ -31,20 +31,20 @@ measure() {
   done
   wait "$pid"
   end=$(date +%s.%N)
-  echo "$(echo "$end - $start" | bc) $peak"
+  echo "$(awk -v a="$start" -v b="$end" 'BEGIN {print b - a}') $peak"
 }
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM; dataset: $ROWS rows ($GIB GiB)"
 read -r s peak < <(measure $TS gen "$DATA" --rows "$ROWS" --quiet)
 BYTES=$(stat -c %s "$DATA")
-printf "%-34s %8.1f s %7.2f GB/s  peak RssAnon %6d MiB\n" "gen" "$s" "$(echo "$BYTES / $s / 1e9" | bc -l)" $((peak / 1024))
+printf "%-34s %8.1f s %7.2f GB/s  peak RssAnon %6d MiB\n" "gen" "$s" "$(awk -v b="$BYTES" -v s="$s" 'BEGIN {print b / s / 1e9}')" $((peak / 1024))
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
 read -r s peak < <(measure $TS --memory-budget 256MiB stats "$DATA" --json)
 cp "$DIR/last.out" "$DIR/stats.json"
-printf "%-34s %8.1f s %7.2f GB/s  peak RssAnon %6d MiB\n" "stats (all columns)" "$s" "$(echo "$BYTES / $s / 1e9" | bc -l)" $((peak / 1024))
+printf "%-34s %8.1f s %7.2f GB/s  peak RssAnon %6d MiB\n" "stats (all columns)" "$s" "$(awk -v b="$BYTES" -v s="$s" 'BEGIN {print b / s / 1e9}')" $((peak / 1024))
 read -r s peak < <(measure $TS --memory-budget 256MiB transform "$DATA" -o "$OUT" --standardize all --cast f16 --json)
 cp "$DIR/last.out" "$DIR/transform.json"
-printf "%-34s %8.1f s %7.2f GB/s  peak RssAnon %6d MiB\n" "fit + standardize -> f16, write" "$s" "$(echo "2 * $BYTES / $s / 1e9" | bc -l)" $((peak / 1024))
+printf "%-34s %8.1f s %7.2f GB/s  peak RssAnon %6d MiB\n" "fit + standardize -> f16, write" "$s" "$(awk -v b="$BYTES" -v s="$s" 'BEGIN {print 2 * b / s / 1e9}')" $((peak / 1024))
 
 # Independent checks, streaming through numpy memmaps in chunks.
 python3 - "$DATA" "$OUT" "$DIR/stats.json" "$DIR/transform.json" "$ROWS" <<'PY'
