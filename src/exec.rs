@@ -19,6 +19,16 @@ pub const BLOCK_ROWS: u64 = 8192;
 /// The most distinct keys a group-by may have.
 pub const MAX_GROUPS: usize = 65_536;
 
+/// Rows per partial of a group-by: eight blocks, so that the fixed cost of each group's
+/// partial is spread over more rows. Also a fixed unit, so results stay independent of the
+/// tile size and thread count.
+pub const GROUP_BLOCK_ROWS: u64 = 8 * BLOCK_ROWS;
+
+/// Rows per partial (the unit of parallel work) of a program.
+pub(crate) fn unit_rows(prog: &FusedProgram) -> u64 {
+    if prog.key.is_some() { GROUP_BLOCK_ROWS } else { BLOCK_ROWS }
+}
+
 /// A callback told how many rows of a pass are done: `(done, total)`.
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
@@ -66,14 +76,21 @@ pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
     let in_bytes: u64 = prog.inputs.iter().map(|&c| ds.columns()[c].dtype.size() as u64).sum();
     let out_bytes: u64 = prog.outputs.iter().map(|o| o.dtype.size() as u64).sum();
     let per_row = (in_bytes + 2 * out_bytes).max(1);
-    let mut blocks = budget / per_row / BLOCK_ROWS;
-    if prog.key.is_some() {
+    let unit = unit_rows(prog);
+    let mut units = budget / per_row / unit;
+    if let Some(k) = prog.key {
         // A tile's group partials are held until the tile is merged: at worst every row of a
-        // block is its own group, so keep a tile's worth of partials within half the budget.
-        let worst_block = BLOCK_ROWS * (prog.stats.len() as u64).max(1) * std::mem::size_of::<crate::accum::BlockStats>() as u64;
-        blocks = blocks.min(budget / 2 / worst_block);
+        // unit is its own group (8/16-bit keys have at most 256/65536 values), so keep a
+        // tile's worth of partials within half the budget.
+        let keys = match ds.columns()[prog.inputs[k]].dtype.size() {
+            1 => 256,
+            2 => 65_536,
+            _ => u64::MAX,
+        };
+        let worst = unit.min(keys) * (prog.stats.len() as u64).max(1) * std::mem::size_of::<crate::accum::BlockStats>() as u64;
+        units = units.min(budget / 2 / worst);
     }
-    blocks.clamp(1, 1 << 20) * BLOCK_ROWS
+    units.clamp(1, (1 << 20) / (unit / BLOCK_ROWS)) * unit
 }
 
 /// Runs one pass of `prog` over the whole dataset on `backend`.
@@ -87,7 +104,7 @@ pub(crate) fn run<B: Backend>(
     // Each thread holds one block of every register: a huge expression must not outgrow the
     // budget unnoticed.
     let threads = opts.threads.unwrap_or_else(rayon::current_num_threads).max(1) as u64;
-    let reg_bytes = prog.instrs.len() as u64 * BLOCK_ROWS * 8 * threads;
+    let reg_bytes = prog.instrs.len() as u64 * unit_rows(prog) * 8 * threads;
     if reg_bytes > opts.memory_budget.max(64 << 20) {
         return Err(Error::plan(format!(
             "the query's expressions need {} MiB of working memory on {threads} threads (more than --memory-budget); simplify them or raise the budget",
@@ -147,7 +164,7 @@ pub(crate) fn run<B: Backend>(
             }
             if sink.is_some() {
                 let n = part.selected as usize;
-                let from = b * BLOCK_ROWS as usize;
+                let from = b * unit_rows(prog) as usize;
                 if from != packed {
                     for (col, spec) in tile_out.columns.iter_mut().zip(&prog.outputs) {
                         let sz = spec.dtype.size();

@@ -11,7 +11,7 @@ use tilestream::synth::Rng;
 use tilestream::{Dataset, Device, Number, RunOptions, all_stats, col, hist, lit};
 
 /// Row counts around the block size (8192) and the workgroup-ish sizes.
-const SIZES: &[usize] = &[0, 1, 2, 7, 255, 256, 257, 8191, 8192, 8193, 3 * 8192 + 5, 40_000];
+const SIZES: &[usize] = &[0, 1, 2, 7, 255, 256, 257, 8191, 8192, 8193, 3 * 8192 + 5, 40_000, 2 * 65_536 + 77];
 
 fn devices() -> Vec<Device> {
     // Only the CPU backend is built today; GPU backends add themselves here.

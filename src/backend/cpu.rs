@@ -13,12 +13,10 @@ use super::{Backend, BlockPartial, TileOut, TileResult};
 use crate::accum::{Accumulator, BlockStats, HistAcc, bin_scale};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::exec::BLOCK_ROWS;
+use crate::exec::unit_rows;
 use crate::ops::{Cmp, Op, VType, cpu as k};
 use crate::program::{FusedProgram, HistSpec, Instr, OutSpec, Scale, Source, Value};
 use crate::source::Dataset;
-
-const BLOCK: usize = BLOCK_ROWS as usize;
 
 /// Which vector code the CPU runs.
 pub(crate) fn simd_level() -> &'static str {
@@ -152,11 +150,12 @@ impl Backend for Cpu {
     }
 
     fn run_tile(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult> {
-        let nblocks = (tile.end - tile.start).div_ceil(BLOCK_ROWS) as usize;
+        let unit = unit_rows(&prep.prog);
+        let nblocks = (tile.end - tile.start).div_ceil(unit) as usize;
         let mut per_block: Vec<Vec<&mut [u8]>> = (0..nblocks).map(|_| Vec::new()).collect();
         if let Some(out) = out {
             for (col, spec) in out.columns.iter_mut().zip(&prep.prog.outputs) {
-                for (b, chunk) in col.chunks_mut(BLOCK * spec.dtype.size()).enumerate().take(nblocks) {
+                for (b, chunk) in col.chunks_mut(unit as usize * spec.dtype.size()).enumerate().take(nblocks) {
                     per_block[b].push(chunk);
                 }
             }
@@ -170,8 +169,8 @@ impl Backend for Cpu {
                 .fold(
                     || (prep.scratch.lock().ok().and_then(|mut p| p.pop()).unwrap_or_else(|| Scratch::new(&prep.prog)), Vec::new()),
                     |(mut s, mut done), (b, mut outs)| {
-                        let r0 = tile.start + b as u64 * BLOCK_ROWS;
-                        let n = (tile.end - r0).min(BLOCK_ROWS) as usize;
+                        let r0 = tile.start + b as u64 * unit;
+                        let n = (tile.end - r0).min(unit) as usize;
                         let r = run_block(level, prep, ds, r0, n, &mut s, &mut outs);
                         done.push((b, r));
                         (s, done)
@@ -242,18 +241,19 @@ enum Reg {
 
 impl Scratch {
     fn new(prog: &FusedProgram) -> Scratch {
+        let unit = unit_rows(prog) as usize;
         let regs = prog
             .instrs
             .iter()
             .enumerate()
             .map(|(r, ins)| match ins {
-                Instr::Const(Value::F(v)) => Reg::F(vec![*v; BLOCK]),
-                Instr::Const(Value::I(v)) => Reg::I(vec![*v; BLOCK]),
-                Instr::Const(Value::B(v)) => Reg::B(vec![*v as u8; BLOCK]),
+                Instr::Const(Value::F(v)) => Reg::F(vec![*v; unit]),
+                Instr::Const(Value::I(v)) => Reg::I(vec![*v; unit]),
+                Instr::Const(Value::B(v)) => Reg::B(vec![*v as u8; unit]),
                 _ => match prog.reg_type(r) {
-                    VType::F32 => Reg::F(vec![0.0; BLOCK]),
-                    VType::Int => Reg::I(vec![0; BLOCK]),
-                    VType::Bool => Reg::B(vec![0; BLOCK]),
+                    VType::F32 => Reg::F(vec![0.0; unit]),
+                    VType::Int => Reg::I(vec![0; unit]),
+                    VType::Bool => Reg::B(vec![0; unit]),
                 },
             })
             .collect();
