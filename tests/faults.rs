@@ -45,3 +45,19 @@ fn truncating_the_input_during_a_query_is_an_error_not_a_signal() {
     }
     panic!("the query always finished before the truncation; make it slower");
 }
+
+#[test]
+fn a_file_changed_in_place_after_opening_is_reported() {
+    let dir = TempDir::new("changed");
+    let path = dir.path("c.safetensors");
+    assert!(bin().args(["gen", &dir.s("c.safetensors"), "--rows", "1000", "--quiet"]).status().unwrap().success());
+    let ds = tilestream::Dataset::open(&path).unwrap();
+    // Same size, new contents and modification time (as another writer would leave it).
+    std::thread::sleep(Duration::from_millis(20));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = ds.lazy().aggregate([tilestream::all_stats(["f0"])]).collect(&tilestream::Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("changed") && err.to_string().contains("c.safetensors"), "{err}");
+}
