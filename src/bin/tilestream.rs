@@ -337,10 +337,10 @@ impl Ctx {
 fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
     let g = &cli.global;
     let device = Device::from_name(&g.device)?;
-    let opts = RunOptions { memory_budget: g.memory_budget, threads: g.threads, cancel: Some(Arc::clone(cancel)), progress: None };
-    if let Some(n) = g.threads {
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
-    }
+    // --threads sizes the global pool once, rather than a pool per pass.
+    let pooled = g.threads.is_some_and(|n| rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().is_ok());
+    let threads = if pooled { None } else { g.threads };
+    let opts = RunOptions { memory_budget: g.memory_budget, threads, cancel: Some(Arc::clone(cancel)), progress: None };
     let ctx = Ctx { device, opts, quiet: g.quiet, raw: g.raw };
     match &cli.command {
         Command::Info { paths, json } => info(&ctx, paths, *json),
