@@ -44,7 +44,23 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
-    /// An operation the chosen backend cannot run.
+    /// A device failed while running a query (driver error, lost device, out of memory).
+    #[error("device {device} failed: {message}")]
+    Device {
+        /// The device.
+        device: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A generated kernel did not compile on a device (a bug in tilestream: please report it).
+    #[error("device {device} could not compile the query's kernel: {message}")]
+    Compile {
+        /// The device.
+        device: String,
+        /// The compiler's message.
+        message: String,
+    },
+    /// An operation the chosen device cannot run.
     #[error("unsupported: {0}")]
     Unsupported(String),
     /// A query with no finite value where one is needed (e.g. a histogram range).

@@ -111,9 +111,9 @@ pub(crate) fn run<B: Backend>(
             reg_bytes >> 20
         )));
     }
-    let prep = backend.prepare(prog, ds)?;
     let rows = ds.rows();
-    let tile = tile_rows(prog, ds, opts.memory_budget);
+    let tile = backend.tile_rows(prog, ds, opts.memory_budget);
+    let prep = backend.prepare(prog, ds, tile)?;
     let mut out = PassOutput {
         stats: vec![StatsAcc::default(); prog.stats.len()],
         hists: prog.hists.iter().map(|h| HistAcc::new(h.bins)).collect(),

@@ -46,7 +46,7 @@ pub mod source;
 pub mod synth;
 
 pub use accum::{ColumnStats, Number};
-pub use backend::Device;
+pub use backend::{Device, GPU_MIN_BYTES};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use exec::RunOptions;

@@ -255,6 +255,10 @@ pub(crate) fn run_pass(
 ) -> Result<PassOutput> {
     match device {
         Device::Cpu => exec::run(&Cpu::new(opts.threads)?, prog, ds, opts, sink),
+        #[cfg(feature = "wgpu")]
+        Device::Wgpu(i) => exec::run(&crate::backend::wgpu::Wgpu::new(*i)?, prog, ds, opts, sink),
+        #[cfg(not(feature = "wgpu"))]
+        Device::Wgpu(i) => Err(Error::BackendUnavailable { device: format!("wgpu:{i}"), reason: "the `wgpu` feature is off".into() }),
     }
 }
 

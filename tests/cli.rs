@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
-use support::{Run, TempDir, numpy_available, python, run, seed, wait_limited};
+use support::{Run, TempDir, gpu_device, numpy_available, python, run, seed, wait_limited};
 
 /// The stat keys of one column, in the spec's order.
 const STAT_KEYS: [&str; 9] = ["count", "nan_count", "inf_count", "sum", "mean", "min", "max", "var", "std"];
@@ -1070,7 +1070,7 @@ fn devices_and_global_options() {
     let cpu = run(&["stats", &g.path, "--device", "cpu", "--json"]).json();
     let auto = run(&["--device", "auto", "stats", &g.path, "--json"]).json();
     assert_eq!(cpu, auto);
-    for dev in ["cuda", "wgpu", "cuda:0"] {
+    for dev in ["cuda", "cuda:0", "wgpu:99"] {
         run(&["stats", &g.path, "--device", dev]).fails(&["not available"]);
     }
     run(&["stats", &g.path, "--device", "bogus"]).fails(&["bogus"]);
@@ -1083,6 +1083,81 @@ fn devices_and_global_options() {
     assert_eq!(run(&["--quiet", "--threads", "1", "stats", &g.path, "--json"]).json(), cpu);
     let d = run(&["devices"]);
     assert!(d.ok().contains("cpu"), "devices lists cpu: {}", d.stdout);
+}
+
+/// Numbers of two `stats --json` outputs agree: counts exactly, floats within 1e-6 relative.
+fn stats_json_close(a: &Value, b: &Value, what: &str) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{what}: keys");
+            for (k, v) in x {
+                stats_json_close(v, &y[k], &format!("{what}.{k}"));
+            }
+        }
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            let (p, q) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+            assert!((p - q).abs() <= 1e-6 * p.abs().max(q.abs()) + 1e-12, "{what}: {p} vs {q}");
+        }
+        _ => assert_eq!(a, b, "{what}"),
+    }
+}
+
+#[test]
+fn wgpu_gives_the_cpus_answers() {
+    let Some(gpu) = gpu_device() else { return };
+    let dev = format!(
+        "wgpu:{}",
+        match gpu {
+            tilestream::Device::Wgpu(i) => i,
+            _ => unreachable!("gpu_device returns a wgpu device"),
+        }
+    );
+    let dir = TempDir::new("cli-wgpu");
+    let g = gen_data(&dir, "g.safetensors", 30_001, 3, seed("wgpu_gives_the_cpus_answers"));
+    let d = run(&["devices"]);
+    assert!(d.ok().contains(&format!("{dev} ")), "devices lists {dev}: {}", d.stdout);
+    for args in [vec!["stats"], vec!["stats", "--where", "f0 > 0.2 && key < 30"]] {
+        let mut a = args.clone();
+        a.extend([g.path.as_str(), "--json"]);
+        let cpu = run(&[&a[..], &["--device", "cpu"]].concat()).json();
+        let wgpu = run(&[&a[..], &["--device", &dev, "--memory-budget", "64KiB"]].concat()).json();
+        stats_json_close(&cpu, &wgpu, &format!("{args:?}"));
+    }
+    // Histograms: exactly.
+    let h = |d: &str| run(&["hist", &g.path, "--column", "f2", "--bins", "37", "--json", "--device", d]).json();
+    assert_eq!(h("cpu"), h(&dev));
+    // Transforms: the same file bytes for filter + clip + fill-nan + cast; the JSON report
+    // names the device and counts its tiles.
+    let mut files = Vec::new();
+    for d in ["cpu", dev.as_str()] {
+        let out = dir.s(&format!("t-{}.safetensors", d.replace(':', "_")));
+        let j = run(&[
+            "transform",
+            &g.path,
+            "-o",
+            &out,
+            "--where",
+            "key != 3",
+            "--clip",
+            "f1=0.1:0.9",
+            "--fill-nan",
+            "0",
+            "--cast",
+            "bf16",
+            "--json",
+            "--device",
+            d,
+            "--memory-budget",
+            "100KiB",
+        ])
+        .json();
+        assert!(j["device"].as_str().is_some_and(|s| s.starts_with(d)), "{d}: {j}");
+        assert!(j["tiles"].as_u64().is_some_and(|t| t >= 2), "{d}: several tiles: {j}");
+        files.push(std::fs::read(&out).unwrap_or_default());
+    }
+    assert!(!files[0].is_empty() && files[0] == files[1], "transform output differs between cpu and {dev}");
+    // A query the adapter cannot run: an explicit device is an error (exit 2) ...
+    run(&["stats", &g.path, "--by", "key", "--device", &dev]).fails(&["unsupported", "group-by"]);
 }
 
 #[test]

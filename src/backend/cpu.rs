@@ -143,7 +143,7 @@ fn plan_steps(prog: &FusedProgram, dtypes: &[DType]) -> Vec<Step> {
 impl Backend for Cpu {
     type Prepared = Prepared;
 
-    fn prepare(&self, prog: &FusedProgram, ds: &Dataset) -> Result<Prepared> {
+    fn prepare(&self, prog: &FusedProgram, ds: &Dataset, _tile_rows: u64) -> Result<Prepared> {
         let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
         let steps = plan_steps(prog, &dtypes);
         Ok(Prepared { prog: prog.clone(), dtypes, steps, scratch: std::sync::Mutex::new(Vec::new()) })

@@ -2,6 +2,10 @@
 //! streaming driver (`exec::run`) runs every query through.
 
 pub(crate) mod cpu;
+#[cfg(feature = "wgpu")]
+pub(crate) mod wgpu;
+#[cfg(feature = "wgpu")]
+pub(crate) mod wgsl;
 
 use std::ops::Range;
 
@@ -10,51 +14,114 @@ use crate::error::{Error, Result};
 use crate::program::FusedProgram;
 use crate::source::Dataset;
 
+/// Inputs smaller than this stay on the CPU under `auto`: a GPU's start-up would not pay.
+pub const GPU_MIN_BYTES: u64 = 64 << 20;
+
 /// Where a query runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Device {
     /// The CPU, on a rayon thread pool, with vector code chosen at run time.
     Cpu,
+    /// The wgpu adapter with this index (`tilestream devices` lists them): Vulkan, Metal
+    /// or DX12.
+    Wgpu(usize),
 }
 
 impl Device {
-    /// The best device present: a CUDA device, then a real (non-software) GPU through wgpu,
-    /// else the CPU. GPU backends are not built yet, so today this is always the CPU.
+    /// The best device present: a real (non-software) GPU through wgpu, discrete before
+    /// integrated, else the CPU. Never a CPU or software adapter.
     pub fn auto() -> Device {
+        #[cfg(feature = "wgpu")]
+        if let Some(i) = wgpu::best_hardware() {
+            return Device::Wgpu(i);
+        }
         Device::Cpu
     }
 
+    /// [`Device::auto`] for a dataset: inputs under [`GPU_MIN_BYTES`] stay on the CPU.
+    pub fn auto_for(ds: &Dataset) -> Device {
+        let bytes: u64 = ds.column_bytes(&(0..ds.columns().len()).collect::<Vec<_>>());
+        if bytes < GPU_MIN_BYTES { Device::Cpu } else { Device::auto() }
+    }
+
     /// Parses `auto`, `cpu`, `wgpu[:N]` or `cuda[:N]`; a device that is not available here is
-    /// an [`Error::BackendUnavailable`].
+    /// an [`Error::BackendUnavailable`]. `wgpu` alone takes the best adapter, software
+    /// ones included.
     pub fn from_name(name: &str) -> Result<Device> {
-        let kind = name.split(':').next().unwrap_or("");
-        match kind {
-            "auto" => Ok(Device::auto()),
-            "cpu" => Ok(Device::Cpu),
-            "wgpu" | "cuda" => Err(Error::BackendUnavailable {
+        let (kind, index) = match name.split_once(':') {
+            Some((k, i)) => (k, Some(i)),
+            None => (name, None),
+        };
+        match (kind, index) {
+            ("auto", None) => Ok(Device::auto()),
+            ("cpu", None) => Ok(Device::Cpu),
+            ("wgpu", _) => wgpu_named(name, index),
+            ("cuda", _) => Err(Error::BackendUnavailable {
                 device: name.to_string(),
-                reason: format!("the {kind} backend is not built into this version of tilestream yet"),
+                reason: "the cuda backend is not built into this version of tilestream yet".to_string(),
             }),
             _ => Err(Error::plan(format!("unknown device `{name}`: expected auto, cpu, wgpu[:N] or cuda[:N]"))),
         }
     }
 
-    /// A short name for reports (`cpu`).
+    /// A short name for reports (`cpu`, `wgpu:0 NVIDIA H200`).
     pub fn name(&self) -> String {
         match self {
             Device::Cpu => "cpu".to_string(),
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(i) => match wgpu::adapters().get(*i) {
+                Some(a) => format!("wgpu:{i} {}", a.info.name),
+                None => format!("wgpu:{i}"),
+            },
+            #[cfg(not(feature = "wgpu"))]
+            Device::Wgpu(i) => format!("wgpu:{i}"),
         }
     }
 
     /// Every device found on this machine, with a line on why `auto` does or does not pick it.
     pub fn survey() -> Vec<(String, String)> {
-        vec![
-            ("cpu".to_string(), format!("{} threads, vector code: {}", rayon::current_num_threads(), cpu::simd_level())),
-            ("cuda".to_string(), "not built into this version (GPU backends are planned)".to_string()),
-            ("wgpu".to_string(), "not built into this version (GPU backends are planned)".to_string()),
-        ]
+        let mut v = vec![("cpu".to_string(), format!("{} threads, vector code: {}", rayon::current_num_threads(), cpu::simd_level()))];
+        v.push(("cuda".to_string(), "not built into this version (the CUDA backend is planned)".to_string()));
+        #[cfg(feature = "wgpu")]
+        {
+            let list = wgpu::adapters();
+            if list.is_empty() {
+                v.push(("wgpu".to_string(), "no adapter found (no Vulkan/Metal/DX12 driver)".to_string()));
+            }
+            for (i, a) in list.iter().enumerate() {
+                let why = if a.is_hardware() { "a GPU: auto may pick it" } else { "not a GPU: auto never picks it (use --device wgpu:N)" };
+                v.push((format!("wgpu:{i}"), format!("{}; {why}", a.describe())));
+            }
+        }
+        #[cfg(not(feature = "wgpu"))]
+        v.push(("wgpu".to_string(), "not built in (the `wgpu` feature is off)".to_string()));
+        v
     }
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_named(name: &str, index: Option<&str>) -> Result<Device> {
+    let n = wgpu::adapters().len();
+    match index {
+        None => wgpu::best_any().map(Device::Wgpu).ok_or_else(|| Error::BackendUnavailable {
+            device: name.to_string(),
+            reason: "no wgpu adapter found: install a Vulkan driver (on Debian, mesa-vulkan-drivers gives a software one)".to_string(),
+        }),
+        Some(i) => match i.parse::<usize>() {
+            Ok(i) if i < n => Ok(Device::Wgpu(i)),
+            Ok(_) => Err(Error::BackendUnavailable {
+                device: name.to_string(),
+                reason: format!("there are {n} wgpu adapters on this machine (`tilestream devices` lists them)"),
+            }),
+            Err(_) => Err(Error::plan(format!("unknown device `{name}`: N in wgpu:N must be an adapter number"))),
+        },
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_named(name: &str, _index: Option<&str>) -> Result<Device> {
+    Err(Error::BackendUnavailable { device: name.to_string(), reason: "this build of tilestream has the `wgpu` feature off".to_string() })
 }
 
 /// What one tile of a query produced: one partial per block of rows, in row order, plus
@@ -92,8 +159,13 @@ pub(crate) struct TileOut {
 pub(crate) trait Backend: Sync {
     /// The compiled form of a program.
     type Prepared: Sync;
-    /// Compiles (or fetches from a cache) the program for this device.
-    fn prepare(&self, prog: &FusedProgram, ds: &Dataset) -> Result<Self::Prepared>;
+    /// Rows per tile under a memory budget (a whole number of the program's units).
+    fn tile_rows(&self, prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
+        crate::exec::tile_rows(prog, ds, budget)
+    }
+    /// Compiles (or fetches from a cache) the program for this device, for tiles of at
+    /// most `tile_rows` rows.
+    fn prepare(&self, prog: &FusedProgram, ds: &Dataset, tile_rows: u64) -> Result<Self::Prepared>;
     /// Runs the program over rows `tile` (which starts on a block boundary).
     fn run_tile(&self, prep: &Self::Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult>;
 }

@@ -300,6 +300,9 @@ fn out(text: &str) -> Result<()> {
 
 struct Ctx {
     device: Device,
+    /// `--device auto`: small inputs stay on the CPU, and a GPU that fails hands the whole
+    /// query to the CPU.
+    auto: bool,
     opts: RunOptions,
     quiet: bool,
     raw: Option<FileKind>,
@@ -308,6 +311,23 @@ struct Ctx {
 impl Ctx {
     fn open(&self, paths: &[PathBuf]) -> Result<Dataset> {
         Ok(Dataset::open_many(paths, self.raw.unwrap_or(FileKind::Auto))?)
+    }
+
+    /// Runs a query on the device. Under `--device auto` the device depends on the input's
+    /// size, and a GPU that fails or cannot run the query is reported on stderr and the whole
+    /// query runs again on the CPU (an output file is rewritten from scratch). With an
+    /// explicit device its error is the answer.
+    fn on_device<T>(&self, ds: &Dataset, run: impl Fn(&Device) -> tilestream::Result<T>) -> Result<T> {
+        let dev = if self.auto { Device::auto_for(ds) } else { self.device.clone() };
+        match run(&dev) {
+            Err(e @ (tilestream::Error::Device { .. } | tilestream::Error::Compile { .. } | tilestream::Error::Unsupported(_)))
+                if self.auto && dev != Device::Cpu =>
+            {
+                err_line(&format!("tilestream: {} could not run the query ({e}); running it again on the CPU", dev.name()));
+                Ok(run(&Device::Cpu)?)
+            }
+            r => Ok(r?),
+        }
     }
 
     /// Run options with a progress bar labelled `what`, shown after a second on a terminal.
@@ -341,7 +361,7 @@ fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
     let pooled = g.threads.is_some_and(|n| rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().is_ok());
     let threads = if pooled { None } else { g.threads };
     let opts = RunOptions { memory_budget: g.memory_budget, threads, cancel: Some(Arc::clone(cancel)), progress: None };
-    let ctx = Ctx { device, opts, quiet: g.quiet, raw: g.raw };
+    let ctx = Ctx { device, auto: g.device == "auto", opts, quiet: g.quiet, raw: g.raw };
     match &cli.command {
         Command::Info { paths, json } => info(&ctx, paths, *json),
         Command::Stats { paths, columns, filter, by, json } => stats(&ctx, paths, columns, filter.as_deref(), by.as_deref(), *json),
@@ -482,7 +502,7 @@ fn stats(ctx: &Ctx, paths: &[PathBuf], columns: &[String], filter: Option<&str>,
         None => lf.aggregate(aggs),
     };
     let (opts, pb) = ctx.with_progress("stats");
-    let r = q.collect_with(&ctx.device, &opts)?;
+    let r = ctx.on_device(&ds, |d| q.collect_with(d, &opts))?;
     pb.finish_and_clear();
     print_stats(&r, by.is_some(), json)
 }
@@ -531,7 +551,8 @@ fn histogram(
         h = h.range(lo, hi);
     }
     let (opts, pb) = ctx.with_progress("hist");
-    let r = frame(&ds, filter)?.aggregate([h]).collect_with(&ctx.device, &opts)?;
+    let q = frame(&ds, filter)?.aggregate([h]);
+    let r = ctx.on_device(&ds, |d| q.collect_with(d, &opts))?;
     pb.finish_and_clear();
     let h = r.histograms.first().ok_or_else(|| anyhow!("internal: no histogram"))?;
     // Edges of an integer column are JSON integers, like its min/max in `stats`.
@@ -592,7 +613,7 @@ fn transform(ctx: &Ctx, a: &TransformArgs) -> Result<()> {
             bail!("--apply replays a saved transform; it takes no other transform flags (only --where, -o, --force, --json)");
         }
         let fit = Fit::load(fit_path)?;
-        tilestream::apply_fit(&lf, &fit, &a.out, &sink, &ctx.device, &opts)?
+        ctx.on_device(&ds, |d| tilestream::apply_fit(&lf, &fit, &a.out, &sink, d, &opts))?
     } else {
         let mut t = Transform {
             select: a.select.clone(),
@@ -632,12 +653,15 @@ fn transform(ctx: &Ctx, a: &TransformArgs) -> Result<()> {
             if p.exists() && !a.force {
                 bail!("{}: fit file exists; pass --force to overwrite", p.display());
             }
-            let fit = q.fit(&ctx.device, &opts)?;
-            let report = tilestream::apply_fit(&lf, &fit, &a.out, &sink, &ctx.device, &opts)?;
+            let (fit, report) = ctx.on_device(&ds, |d| {
+                let fit = q.fit(d, &opts)?;
+                let report = tilestream::apply_fit(&lf, &fit, &a.out, &sink, d, &opts)?;
+                Ok((fit, report))
+            })?;
             fit.save(p, a.force)?;
             report
         } else {
-            q.sink(&a.out, &sink, &ctx.device, &opts)?.1
+            ctx.on_device(&ds, |d| q.sink(&a.out, &sink, d, &opts))?.1
         }
     };
     pb.finish_and_clear();
@@ -692,7 +716,7 @@ fn devices() -> Result<()> {
     for (name, what) in Device::survey() {
         s += &format!("{name:<6} {what}\n");
     }
-    s += &format!("auto picks: {} (no GPU backend is built into this version)", auto.name());
+    s += &format!("auto picks: {} for inputs of {} MiB or more, the CPU for smaller ones", auto.name(), tilestream::GPU_MIN_BYTES >> 20);
     out(&s)
 }
 

@@ -144,3 +144,26 @@ fn ulp_bits16(a: u16, b: u16, an: bool, bn: bool) -> u32 {
     };
     (key(a) - key(b)).unsigned_abs()
 }
+
+/// The wgpu adapter the cross-backend tests run on (`--device wgpu`: any adapter, software
+/// ones included), or none. Without one the caller's GPU half is skipped with a note on
+/// stderr; with `REQUIRE_GPU_ADAPTER=1` (CI) a missing adapter fails the test instead.
+pub fn gpu_device() -> Option<tilestream::Device> {
+    match tilestream::Device::from_name("wgpu") {
+        Ok(d) => Some(d),
+        Err(e) => {
+            if std::env::var("REQUIRE_GPU_ADAPTER").is_ok_and(|v| v == "1") {
+                panic!("REQUIRE_GPU_ADAPTER=1 but there is no wgpu adapter: {e}");
+            }
+            eprintln!("skipped: no wgpu adapter ({e})");
+            None
+        }
+    }
+}
+
+/// The CPU, then the wgpu adapter if there is one.
+pub fn all_devices() -> Vec<tilestream::Device> {
+    let mut v = vec![tilestream::Device::Cpu];
+    v.extend(gpu_device());
+    v
+}

@@ -1,0 +1,483 @@
+//! The wgpu backend: the fused program as one WGSL compute kernel per query, run over each
+//! tile on a Vulkan, Metal or DX12 adapter.
+//!
+//! Every wgpu call that can fail is inside an error scope or reported through the device's
+//! uncaptured-error handler, which records the error instead of panicking; the next check
+//! turns it into [`Error::Device`] or [`Error::Compile`].
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::accum::{BlockStats, HistAcc};
+use crate::backend::wgsl::{self, Domain, Kernel, STAT_COUNTERS, STAT_WORDS};
+use crate::backend::{Backend, BlockPartial, TileOut, TileResult};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::exec::{self, BLOCK_ROWS};
+use crate::program::FusedProgram;
+use crate::source::Dataset;
+
+/// Most workgroups of one dispatch (downlevel limit): one per block of a tile.
+const MAX_BLOCKS: u64 = 65_535;
+
+/// One adapter found by wgpu.
+#[derive(Debug, Clone)]
+pub(crate) struct AdapterEntry {
+    adapter: wgpu::Adapter,
+    /// What the adapter says about itself.
+    pub info: wgpu::AdapterInfo,
+}
+
+impl AdapterEntry {
+    /// A real GPU (discrete or integrated), not a CPU or software adapter.
+    pub fn is_hardware(&self) -> bool {
+        matches!(self.info.device_type, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu)
+    }
+    /// `name (backend, type)`.
+    pub fn describe(&self) -> String {
+        format!("{} ({:?}, {:?})", self.info.name, self.info.backend, self.info.device_type)
+    }
+}
+
+/// Every adapter on this machine, enumerated once per process.
+pub(crate) fn adapters() -> &'static [AdapterEntry] {
+    static ADAPTERS: OnceLock<Vec<AdapterEntry>> = OnceLock::new();
+    ADAPTERS.get_or_init(|| {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let list = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        list.into_iter()
+            .map(|adapter| {
+                let info = adapter.get_info();
+                AdapterEntry { adapter, info }
+            })
+            .collect()
+    })
+}
+
+/// The adapter `auto` picks: a discrete GPU, else an integrated one; never a CPU adapter.
+pub(crate) fn best_hardware() -> Option<usize> {
+    let list = adapters();
+    let pick = |t: wgpu::DeviceType| list.iter().position(|a| a.info.device_type == t);
+    pick(wgpu::DeviceType::DiscreteGpu).or_else(|| pick(wgpu::DeviceType::IntegratedGpu))
+}
+
+/// The adapter `wgpu` (no index) picks: the best hardware one, else any.
+pub(crate) fn best_any() -> Option<usize> {
+    best_hardware().or(if adapters().is_empty() { None } else { Some(0) })
+}
+
+/// An open device on one adapter, shared by every query that runs on it.
+pub(crate) struct Gpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    name: String,
+    limits: wgpu::Limits,
+    /// Errors reported outside any error scope (wgpu's default handler would panic).
+    errors: Arc<Mutex<Vec<String>>>,
+    layout: wgpu::BindGroupLayout,
+    pipeline_layout: wgpu::PipelineLayout,
+    /// Compiled kernels by their WGSL source.
+    pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+fn device_error(name: &str, message: impl Into<String>) -> Error {
+    Error::Device { device: name.to_string(), message: message.into() }
+}
+
+/// Opens (once per process) the device of adapter `index`.
+pub(crate) fn open(index: usize) -> Result<Arc<Gpu>> {
+    static OPEN: OnceLock<Mutex<HashMap<usize, Arc<Gpu>>>> = OnceLock::new();
+    let map = OPEN.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = map.lock().map_err(|_| device_error("wgpu", "a previous run panicked while opening a device"))?;
+    if let Some(g) = map.get(&index) {
+        return Ok(g.clone());
+    }
+    let entry = adapters().get(index).ok_or_else(|| Error::BackendUnavailable {
+        device: format!("wgpu:{index}"),
+        reason: format!("there are {} wgpu adapters on this machine (`tilestream devices` lists them)", adapters().len()),
+    })?;
+    let name = format!("wgpu:{index} {}", entry.info.name);
+    let have = entry.adapter.limits();
+    // Downlevel limits everywhere except buffer sizes, which only size the tiles.
+    let limits = wgpu::Limits {
+        max_storage_buffer_binding_size: have.max_storage_buffer_binding_size,
+        max_buffer_size: have.max_buffer_size,
+        ..wgpu::Limits::downlevel_defaults()
+    };
+    let (device, queue) = pollster::block_on(entry.adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("tilestream"),
+        required_features: wgpu::Features::empty(),
+        required_limits: limits.clone(),
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    }))
+    .map_err(|e| device_error(&name, format!("cannot open the device: {e}")))?;
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let sink = errors.clone();
+    device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+        if let Ok(mut v) = sink.lock() {
+            v.push(e.to_string());
+        }
+    }));
+    let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    };
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("tilestream fused"),
+        entries: &[
+            wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None },
+                count: None,
+            },
+            storage(1, true),
+            storage(2, false),
+            storage(3, false),
+        ],
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some("tilestream fused"),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let gpu = Arc::new(Gpu { device, queue, name, limits, errors, layout, pipeline_layout, pipelines: Mutex::new(HashMap::new()) });
+    gpu.check()?;
+    map.insert(index, gpu.clone());
+    Ok(gpu)
+}
+
+impl Gpu {
+    /// Turns errors recorded by the uncaptured-error handler into an [`Error::Device`].
+    fn check(&self) -> Result<()> {
+        let mut v = self.errors.lock().map_err(|_| device_error(&self.name, "the error log is poisoned"))?;
+        if v.is_empty() {
+            return Ok(());
+        }
+        let msg = v.join("; ");
+        v.clear();
+        Err(device_error(&self.name, msg))
+    }
+
+    /// The compute pipeline of a kernel, compiled once per process.
+    fn pipeline(&self, source: &str) -> Result<wgpu::ComputePipeline> {
+        let mut cache = self.pipelines.lock().map_err(|_| device_error(&self.name, "the pipeline cache is poisoned"))?;
+        if let Some(p) = cache.get(source) {
+            return Ok(p.clone());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("tilestream fused"),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("tilestream fused"),
+            layout: Some(&self.pipeline_layout),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions::default(),
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Compile { device: self.name.clone(), message: e.to_string() });
+        }
+        self.check()?;
+        cache.insert(source.to_string(), pipeline.clone());
+        Ok(pipeline)
+    }
+}
+
+/// The wgpu backend over one open device.
+pub(crate) struct Wgpu {
+    gpu: Arc<Gpu>,
+}
+
+impl Wgpu {
+    pub(crate) fn new(index: usize) -> Result<Wgpu> {
+        Ok(Wgpu { gpu: open(index)? })
+    }
+}
+
+/// A query compiled for the device: the kernel, its pipeline and its buffers.
+pub(crate) struct Prepared {
+    kernel: Kernel,
+    pipeline: wgpu::ComputePipeline,
+    bind: wgpu::BindGroup,
+    params: wgpu::Buffer,
+    inp: wgpu::Buffer,
+    part: wgpu::Buffer,
+    atom: wgpu::Buffer,
+    part_read: wgpu::Buffer,
+    atom_read: wgpu::Buffer,
+    /// Dataset column of each input slot, and its dtype.
+    inputs: Vec<usize>,
+    dtypes: Vec<DType>,
+    hist_bins: Vec<u32>,
+    out_sizes: Vec<usize>,
+}
+
+impl Backend for Wgpu {
+    type Prepared = Prepared;
+
+    fn tile_rows(&self, prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
+        let in_bytes: u64 = prog.inputs.iter().map(|&c| ds.columns()[c].dtype.size() as u64).sum();
+        let out_bytes: u64 = prog.outputs.iter().map(|o| o.dtype.size() as u64).sum();
+        let binding = self.gpu.limits.max_storage_buffer_binding_size.min(self.gpu.limits.max_buffer_size);
+        // Leave room for histogram thresholds and counts (at most a few MiB).
+        let room = binding.saturating_sub(4 << 20);
+        let mut rows = exec::tile_rows(prog, ds, budget).min(MAX_BLOCKS * BLOCK_ROWS);
+        for per_row in [in_bytes, out_bytes] {
+            if let Some(fit) = room.checked_div(per_row) {
+                rows = rows.min(fit);
+            }
+        }
+        (rows / BLOCK_ROWS).max(1) * BLOCK_ROWS
+    }
+
+    fn prepare(&self, prog: &FusedProgram, ds: &Dataset, tile_rows: u64) -> Result<Prepared> {
+        let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
+        let kernel = wgsl::generate(prog, &dtypes, tile_rows)?;
+        let pipeline = self.gpu.pipeline(&kernel.source)?;
+        let d = &self.gpu.device;
+        let blocks = tile_rows.div_ceil(BLOCK_ROWS);
+        let buffer = |label: &str, words: u64, usage: wgpu::BufferUsages| {
+            d.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (words.max(4)) * 4, usage, mapped_at_creation: false })
+        };
+        use wgpu::BufferUsages as U;
+        let scope = d.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let params = buffer("params", 4, U::UNIFORM | U::COPY_DST);
+        let inp = buffer("inputs", kernel.inp_words, U::STORAGE | U::COPY_DST);
+        let part = buffer("partials", blocks * kernel.part_words, U::STORAGE | U::COPY_SRC);
+        let atom = buffer("counts and outputs", kernel.atom_words, U::STORAGE | U::COPY_SRC | U::COPY_DST);
+        let part_read = buffer("partials read-back", blocks * kernel.part_words, U::MAP_READ | U::COPY_DST);
+        let atom_read = buffer("outputs read-back", kernel.atom_words, U::MAP_READ | U::COPY_DST);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(device_error(&self.gpu.name, format!("cannot allocate the tile buffers ({e}); lower --memory-budget")));
+        }
+        let bind = d.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("tilestream fused"),
+            layout: &self.gpu.layout,
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: params.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 1, resource: inp.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 2, resource: part.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 3, resource: atom.as_entire_binding() },
+            ],
+        });
+        if !kernel.thresholds.is_empty() {
+            self.gpu.queue.write_buffer(&inp, 0, bytemuck::cast_slice(&kernel.thresholds));
+        }
+        self.gpu.check()?;
+        Ok(Prepared {
+            kernel,
+            pipeline,
+            bind,
+            params,
+            inp,
+            part,
+            atom,
+            part_read,
+            atom_read,
+            inputs: prog.inputs.clone(),
+            dtypes,
+            hist_bins: prog.hists.iter().map(|h| h.bins).collect(),
+            out_sizes: prog.outputs.iter().map(|o| o.dtype.size()).collect(),
+        })
+    }
+
+    fn run_tile(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult> {
+        let rows = tile.end - tile.start;
+        let blocks = rows.div_ceil(BLOCK_ROWS);
+        let k = &prep.kernel;
+        let q = &self.gpu.queue;
+        // Upload the tile's columns (each read once from the mapped file).
+        let mut gathered = Vec::new();
+        for (slot, &col) in prep.inputs.iter().enumerate() {
+            let size = prep.dtypes[slot].size();
+            let c = &ds.columns()[col];
+            let span = ds.column_span(col, tile.start, tile.end);
+            let bytes: &[u8] = if c.stride as usize == size {
+                &span[..rows as usize * size]
+            } else {
+                gathered.clear();
+                gathered.extend((0..rows as usize).flat_map(|r| span[r * c.stride as usize..r * c.stride as usize + size].iter().copied()));
+                &gathered
+            };
+            let at = k.slot_offsets[slot] * 4;
+            let whole = bytes.len() / 4 * 4;
+            if whole > 0 {
+                q.write_buffer(&prep.inp, at, &bytes[..whole]);
+            }
+            if whole < bytes.len() {
+                let mut tail = [0u8; 4];
+                tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+                q.write_buffer(&prep.inp, at + whole as u64, &tail);
+            }
+        }
+        q.write_buffer(&prep.params, 0, bytemuck::cast_slice(&[rows as u32, blocks as u32, 0, 0]));
+        let part_bytes = blocks * k.part_words * 4;
+        let atom_bytes = k.atom_words * 4;
+        let d = &self.gpu.device;
+        let mut enc = d.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tilestream tile") });
+        enc.clear_buffer(&prep.atom, 0, None);
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("tilestream fused"), timestamp_writes: None });
+            pass.set_pipeline(&prep.pipeline);
+            pass.set_bind_group(0, &prep.bind, &[]);
+            pass.dispatch_workgroups(blocks as u32, 1, 1);
+        }
+        enc.copy_buffer_to_buffer(&prep.part, 0, &prep.part_read, 0, part_bytes);
+        enc.copy_buffer_to_buffer(&prep.atom, 0, &prep.atom_read, 0, atom_bytes);
+        q.submit([enc.finish()]);
+        let part = self.read(&prep.part_read, part_bytes)?;
+        let atom = self.read(&prep.atom_read, atom_bytes)?;
+        decode(prep, rows, blocks, &part, &atom, out)
+    }
+}
+
+impl Wgpu {
+    /// Maps `bytes` of a read-back buffer and copies them out as words.
+    fn read(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u32>> {
+        let done: Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>> = Arc::new(Mutex::new(None));
+        let flag = done.clone();
+        buf.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
+            if let Ok(mut f) = flag.lock() {
+                *f = Some(r);
+            }
+        });
+        self.gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| device_error(&self.gpu.name, format!("waiting for the GPU: {e}")))?;
+        // When several threads poll one device, another thread's poll may be the one that
+        // runs this buffer's callback: wait (briefly) until it has run.
+        let start = std::time::Instant::now();
+        let status = loop {
+            self.gpu.check()?;
+            let s = done.lock().map_err(|_| device_error(&self.gpu.name, "map callback panicked"))?.take();
+            if let Some(s) = s {
+                break s;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(60) {
+                return Err(device_error(&self.gpu.name, "the GPU did not finish the tile within a minute of the wait"));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            self.gpu.device.poll(wgpu::PollType::Poll).map_err(|e| device_error(&self.gpu.name, format!("waiting for the GPU: {e}")))?;
+        };
+        if let Err(e) = status {
+            return Err(device_error(&self.gpu.name, format!("reading results back: {e}")));
+        }
+        let words = {
+            let view = buf.get_mapped_range(0..bytes).map_err(|e| device_error(&self.gpu.name, format!("reading results back: {e}")))?;
+            bytemuck::cast_slice::<u8, u32>(&view).to_vec()
+        };
+        buf.unmap();
+        Ok(words)
+    }
+}
+
+/// The value of a pivot stored as two words.
+fn pivot_value(dom: Domain, lo: u32, hi: u32) -> f64 {
+    let v = ((hi as u64) << 32) | lo as u64;
+    match dom {
+        Domain::F32 => f32::from_bits(lo) as f64,
+        Domain::F64 => f64::from_bits(v),
+        Domain::Int => v as i64 as f64,
+        Domain::U64 => v as f64,
+    }
+}
+
+/// Turns the kernel's words into the partials the driver merges.
+fn decode(prep: &Prepared, rows: u64, blocks: u64, part: &[u32], atom: &[u32], out: Option<&mut TileOut>) -> Result<TileResult> {
+    let k = &prep.kernel;
+    let s = k.stat_domains.len() as u64;
+    let mut res = TileResult::default();
+    for b in 0..blocks {
+        let w = &part[(b * k.part_words) as usize..((b + 1) * k.part_words) as usize];
+        let mut bp = BlockPartial { selected: w[0] as u64, ..BlockPartial::default() };
+        for (i, &dom) in k.stat_domains.iter().enumerate() {
+            let c = (1 + STAT_COUNTERS * i as u64) as usize;
+            let (cnt, nan, pinf, ninf, flag) = (w[c] as u64, w[c + 1] as u64, w[c + 2] as u64, w[c + 3] as u64, w[c + 4]);
+            if flag != 0 {
+                return Err(Error::Unsupported(
+                    "values the wgpu kernel cannot sum exactly (f64 beyond the f32 range, or integers beyond ±2^63); run with --device cpu"
+                        .into(),
+                ));
+            }
+            let q = (k.counters + STAT_WORDS * i as u64) as usize;
+            let f = |j: usize| f32::from_bits(w[q + j]) as f64;
+            let key = |j: usize| ((w[q + j] as u64) << 32) | w[q + j + 1] as u64;
+            let inf = pinf + ninf;
+            let mut st = BlockStats {
+                count: cnt,
+                nan,
+                inf,
+                pivot: pivot_value(dom, w[q], w[q + 1]),
+                sum_d: if pinf > 0 && ninf > 0 {
+                    f64::NAN
+                } else if pinf > 0 {
+                    f64::INFINITY
+                } else if ninf > 0 {
+                    f64::NEG_INFINITY
+                } else {
+                    f(2) + f(3)
+                },
+                sum_d2: if inf > 0 { f64::INFINITY } else { f(4) + f(5) },
+                ..BlockStats::default()
+            };
+            if cnt > 0 {
+                st.min = dom.key_value(key(6));
+                st.max = dom.key_value(key(8));
+                if matches!(dom, Domain::Int | Domain::U64) {
+                    st.imin = dom.key_int(key(6));
+                    st.imax = dom.key_int(key(8));
+                }
+            }
+            if cnt > inf {
+                st.fmin = dom.key_value(key(10));
+                st.fmax = dom.key_value(key(12));
+            }
+            bp.stats.push(st);
+        }
+        for o in 0..prep.kernel.out_offsets.len() {
+            let c = (1 + STAT_COUNTERS * s + 2 * o as u64) as usize;
+            bp.out_counts.push((w[c] as u64, w[c + 1] as u64));
+        }
+        res.blocks.push(bp);
+    }
+    for (i, &off) in k.hist_offsets.iter().enumerate() {
+        let bins = prep.hist_bins[i] as usize;
+        let h = &atom[off as usize..off as usize + bins + 3];
+        res.hists.push(HistAcc {
+            counts: h[..bins].iter().map(|&c| c as u64).collect(),
+            below: h[bins] as u64,
+            above: h[bins + 1] as u64,
+            nan: h[bins + 2] as u64,
+        });
+    }
+    if let Some(out) = out {
+        let bytes: &[u8] = bytemuck::cast_slice(atom);
+        for (o, col) in out.columns.iter_mut().enumerate() {
+            let size = prep.out_sizes[o];
+            let from = (k.out_offsets[o] * 4) as usize;
+            let n = rows as usize * size;
+            col[..n].copy_from_slice(&bytes[from..from + n]);
+        }
+    }
+    Ok(res)
+}
