@@ -1,7 +1,7 @@
 //! The streaming driver: walks the dataset in tiles, runs each tile on a backend, merges
 //! the partials in row order and hands output rows to the sink.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -129,15 +129,29 @@ pub(crate) fn run<B: Backend>(
     if rows > 0 {
         ds.will_need(&prog.inputs, 0, tile.min(rows));
     }
-    while r0 < rows {
+    // Tiles in flight, oldest first: up to `depth` are submitted before the oldest is
+    // collected, so a GPU stages one tile while it computes another.
+    let depth = backend.depth().max(1);
+    let mut pending: VecDeque<(u64, B::Ticket)> = VecDeque::new();
+    while r0 < rows || !pending.is_empty() {
         if opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::Interrupted);
         }
-        let r1 = (r0 + tile).min(rows);
-        if r1 < rows {
-            ds.will_need(&prog.inputs, r1, (r1 + tile).min(rows));
+        if r0 < rows && pending.len() < depth {
+            let r1 = (r0 + tile).min(rows);
+            if r1 < rows {
+                ds.will_need(&prog.inputs, r1, (r1 + tile).min(rows));
+            }
+            let ticket = backend.submit(&prep, ds, r0..r1, sink.is_some().then_some(&mut tile_out))?;
+            // The tile's bytes have been read (computed, or copied to the device's staging).
+            ds.check_faults()?;
+            ds.done_with(&prog.inputs, r0, r1);
+            pending.push_back((r1, ticket));
+            r0 = r1;
+            continue;
         }
-        let res = backend.run_tile(&prep, ds, r0..r1, sink.is_some().then_some(&mut tile_out))?;
+        let Some((r1, ticket)) = pending.pop_front() else { break };
+        let res = backend.collect(&prep, ticket, sink.is_some().then_some(&mut tile_out))?;
         out.tiles += 1;
         for (h, acc) in out.hists.iter_mut().zip(&res.hists) {
             h.merge(acc);
@@ -179,12 +193,9 @@ pub(crate) fn run<B: Backend>(
             sink.write_tile(packed, &cols)?;
             out.rows_written += packed as u64;
         }
-        ds.check_faults()?;
-        ds.done_with(&prog.inputs, r0, r1);
         if let Some(p) = &opts.progress {
             p(r1, rows);
         }
-        r0 = r1;
     }
     ds.check_unchanged()?;
     Ok(out)

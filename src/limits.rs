@@ -81,3 +81,23 @@ pub fn copy_limit(ds: &Dataset, columns: &[usize], dir: &Path) -> Result<f64> {
     r.map_err(|e| Error::io(&path, e))?;
     Ok(total as f64 / secs.max(1e-9))
 }
+
+/// Host → device bandwidth in bytes/s: the same bytes as `columns`, uploaded in chunks of
+/// at most 64 MiB to a device buffer, the best of `reps` runs. `None` for the CPU.
+pub fn upload_limit(device: &crate::Device, ds: &Dataset, columns: &[usize], reps: usize) -> Result<Option<f64>> {
+    match device {
+        #[cfg(feature = "wgpu")]
+        crate::Device::Wgpu(i) => {
+            let spans: Vec<&[u8]> = columns.iter().map(|&c| ds.column_span(c, 0, ds.rows())).collect();
+            let bytes: u64 = spans.iter().map(|s| s.len() as u64).sum();
+            let mut best = f64::INFINITY;
+            for _ in 0..reps.max(1) {
+                let t = Instant::now();
+                crate::backend::wgpu::upload(*i, &spans, 64 << 20)?;
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            Ok(Some(bytes as f64 / best.max(1e-9)))
+        }
+        _ => Ok(None),
+    }
+}

@@ -140,16 +140,9 @@ fn plan_steps(prog: &FusedProgram, dtypes: &[DType]) -> Vec<Step> {
     steps
 }
 
-impl Backend for Cpu {
-    type Prepared = Prepared;
-
-    fn prepare(&self, prog: &FusedProgram, ds: &Dataset, _tile_rows: u64) -> Result<Prepared> {
-        let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
-        let steps = plan_steps(prog, &dtypes);
-        Ok(Prepared { prog: prog.clone(), dtypes, steps, scratch: std::sync::Mutex::new(Vec::new()) })
-    }
-
-    fn run_tile(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult> {
+impl Cpu {
+    /// Runs the program over rows `tile` (which starts on a block boundary).
+    pub(crate) fn run_tile(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult> {
         let unit = unit_rows(&prep.prog);
         let nblocks = (tile.end - tile.start).div_ceil(unit) as usize;
         let mut per_block: Vec<Vec<&mut [u8]>> = (0..nblocks).map(|_| Vec::new()).collect();
@@ -210,6 +203,25 @@ impl Backend for Cpu {
         }
         blocks.sort_by_key(|(b, _)| *b);
         Ok(TileResult { blocks: blocks.into_iter().map(|(_, p)| p).collect(), hists })
+    }
+}
+
+impl Backend for Cpu {
+    type Prepared = Prepared;
+    type Ticket = TileResult;
+
+    fn submit(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult> {
+        self.run_tile(prep, ds, tile, out)
+    }
+
+    fn collect(&self, _prep: &Prepared, ticket: TileResult, _out: Option<&mut TileOut>) -> Result<TileResult> {
+        Ok(ticket)
+    }
+
+    fn prepare(&self, prog: &FusedProgram, ds: &Dataset, _tile_rows: u64) -> Result<Prepared> {
+        let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
+        let steps = plan_steps(prog, &dtypes);
+        Ok(Prepared { prog: prog.clone(), dtypes, steps, scratch: std::sync::Mutex::new(Vec::new()) })
     }
 }
 

@@ -155,17 +155,29 @@ pub(crate) struct TileOut {
     pub columns: Vec<Vec<u8>>,
 }
 
-/// A compute backend. `prepare` once per query (compile or cache), `run_tile` once per tile.
+/// A compute backend. `prepare` once per query (compile or cache); then per tile, in row
+/// order, `submit` (start the work) and `collect` (wait for it and take its results). Up to
+/// `depth()` tiles are submitted before the oldest is collected, so a GPU stages the next
+/// tile while it computes this one.
 pub(crate) trait Backend: Sync {
     /// The compiled form of a program.
     type Prepared: Sync;
+    /// A tile in flight.
+    type Ticket;
     /// Rows per tile under a memory budget (a whole number of the program's units).
     fn tile_rows(&self, prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
         crate::exec::tile_rows(prog, ds, budget)
     }
+    /// Tiles that may be in flight at once.
+    fn depth(&self) -> usize {
+        1
+    }
     /// Compiles (or fetches from a cache) the program for this device, for tiles of at
     /// most `tile_rows` rows.
     fn prepare(&self, prog: &FusedProgram, ds: &Dataset, tile_rows: u64) -> Result<Self::Prepared>;
-    /// Runs the program over rows `tile` (which starts on a block boundary).
-    fn run_tile(&self, prep: &Self::Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult>;
+    /// Starts the program over rows `tile` (which starts on a block boundary). A backend of
+    /// depth 1 may do all the work here, writing outputs into `out`.
+    fn submit(&self, prep: &Self::Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<Self::Ticket>;
+    /// Waits for a submitted tile; its output rows land in `out`.
+    fn collect(&self, prep: &Self::Prepared, ticket: Self::Ticket, out: Option<&mut TileOut>) -> Result<TileResult>;
 }

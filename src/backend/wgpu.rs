@@ -213,10 +213,11 @@ impl Wgpu {
     }
 }
 
-/// A query compiled for the device: the kernel, its pipeline and its buffers.
-pub(crate) struct Prepared {
-    kernel: Kernel,
-    pipeline: wgpu::ComputePipeline,
+/// Tiles in flight at once: one staged while another computes.
+const DEPTH: usize = 2;
+
+/// The buffers of one tile in flight.
+struct Slot {
     bind: wgpu::BindGroup,
     params: wgpu::Buffer,
     inp: wgpu::Buffer,
@@ -224,6 +225,15 @@ pub(crate) struct Prepared {
     atom: wgpu::Buffer,
     part_read: wgpu::Buffer,
     atom_read: wgpu::Buffer,
+}
+
+/// A query compiled for the device: the kernel, its pipeline and a ring of buffers.
+pub(crate) struct Prepared {
+    kernel: Kernel,
+    pipeline: wgpu::ComputePipeline,
+    slots: Vec<Slot>,
+    /// Tiles submitted so far (tile i uses slot i % DEPTH).
+    submitted: std::sync::atomic::AtomicUsize,
     /// Dataset column of each input slot, and its dtype.
     inputs: Vec<usize>,
     dtypes: Vec<DType>,
@@ -231,8 +241,29 @@ pub(crate) struct Prepared {
     out_sizes: Vec<usize>,
 }
 
+/// A mapping's outcome, set by wgpu's callback.
+type MapStatus = Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>>;
+
+/// A tile submitted to the device.
+pub(crate) struct Ticket {
+    slot: usize,
+    /// The submission, to wait for it (and not for later tiles).
+    index: wgpu::SubmissionIndex,
+    rows: u64,
+    blocks: u64,
+    part_bytes: u64,
+    atom_bytes: u64,
+    part_mapped: MapStatus,
+    atom_mapped: MapStatus,
+}
+
 impl Backend for Wgpu {
     type Prepared = Prepared;
+    type Ticket = Ticket;
+
+    fn depth(&self) -> usize {
+        DEPTH
+    }
 
     fn tile_rows(&self, prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
         let in_bytes: u64 = prog.inputs.iter().map(|&c| ds.columns()[c].dtype.size() as u64).sum();
@@ -240,7 +271,8 @@ impl Backend for Wgpu {
         let binding = self.gpu.limits.max_storage_buffer_binding_size.min(self.gpu.limits.max_buffer_size);
         // Leave room for histogram thresholds and counts (at most a few MiB).
         let room = binding.saturating_sub(4 << 20);
-        let mut rows = exec::tile_rows(prog, ds, budget).min(MAX_BLOCKS * BLOCK_ROWS);
+        // DEPTH tiles are staged at once: each gets its share of the budget.
+        let mut rows = exec::tile_rows(prog, ds, budget / DEPTH as u64).min(MAX_BLOCKS * BLOCK_ROWS);
         for per_row in [in_bytes, out_bytes] {
             if let Some(fit) = room.checked_div(per_row) {
                 rows = rows.min(fit);
@@ -260,39 +292,38 @@ impl Backend for Wgpu {
         };
         use wgpu::BufferUsages as U;
         let scope = d.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let params = buffer("params", 4, U::UNIFORM | U::COPY_DST);
-        let inp = buffer("inputs", kernel.inp_words, U::STORAGE | U::COPY_DST);
-        let part = buffer("partials", blocks * kernel.part_words, U::STORAGE | U::COPY_SRC);
-        let atom = buffer("counts and outputs", kernel.atom_words, U::STORAGE | U::COPY_SRC | U::COPY_DST);
-        let part_read = buffer("partials read-back", blocks * kernel.part_words, U::MAP_READ | U::COPY_DST);
-        let atom_read = buffer("outputs read-back", kernel.atom_words, U::MAP_READ | U::COPY_DST);
+        let mut slots = Vec::new();
+        for _ in 0..DEPTH {
+            let params = buffer("params", 4, U::UNIFORM | U::COPY_DST);
+            let inp = buffer("inputs", kernel.inp_words, U::STORAGE | U::COPY_DST);
+            let part = buffer("partials", blocks * kernel.part_words, U::STORAGE | U::COPY_SRC);
+            let atom = buffer("counts and outputs", kernel.atom_words, U::STORAGE | U::COPY_SRC | U::COPY_DST);
+            let part_read = buffer("partials read-back", blocks * kernel.part_words, U::MAP_READ | U::COPY_DST);
+            let atom_read = buffer("outputs read-back", kernel.atom_words, U::MAP_READ | U::COPY_DST);
+            let bind = d.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("tilestream fused"),
+                layout: &self.gpu.layout,
+                entries: &[
+                    wgpu::BindGroupEntry { binding: 0, resource: params.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 1, resource: inp.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 2, resource: part.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 3, resource: atom.as_entire_binding() },
+                ],
+            });
+            if !kernel.thresholds.is_empty() {
+                self.gpu.queue.write_buffer(&inp, 0, bytemuck::cast_slice(&kernel.thresholds));
+            }
+            slots.push(Slot { bind, params, inp, part, atom, part_read, atom_read });
+        }
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(device_error(&self.gpu.name, format!("cannot allocate the tile buffers ({e}); lower --memory-budget")));
-        }
-        let bind = d.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("tilestream fused"),
-            layout: &self.gpu.layout,
-            entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: params.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: inp.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 2, resource: part.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 3, resource: atom.as_entire_binding() },
-            ],
-        });
-        if !kernel.thresholds.is_empty() {
-            self.gpu.queue.write_buffer(&inp, 0, bytemuck::cast_slice(&kernel.thresholds));
         }
         self.gpu.check()?;
         Ok(Prepared {
             kernel,
             pipeline,
-            bind,
-            params,
-            inp,
-            part,
-            atom,
-            part_read,
-            atom_read,
+            slots,
+            submitted: std::sync::atomic::AtomicUsize::new(0),
             inputs: prog.inputs.clone(),
             dtypes,
             hist_bins: prog.hists.iter().map(|h| h.bins).collect(),
@@ -300,15 +331,17 @@ impl Backend for Wgpu {
         })
     }
 
-    fn run_tile(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult> {
+    fn submit(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, _out: Option<&mut TileOut>) -> Result<Ticket> {
         let rows = tile.end - tile.start;
         let blocks = rows.div_ceil(BLOCK_ROWS);
         let k = &prep.kernel;
         let q = &self.gpu.queue;
-        // Upload the tile's columns (each read once from the mapped file).
+        let slot_index = prep.submitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % DEPTH;
+        let slot = &prep.slots[slot_index];
+        // Stage the tile's columns (each read once from the mapped file).
         let mut gathered = Vec::new();
-        for (slot, &col) in prep.inputs.iter().enumerate() {
-            let size = prep.dtypes[slot].size();
+        for (i, &col) in prep.inputs.iter().enumerate() {
+            let size = prep.dtypes[i].size();
             let c = &ds.columns()[col];
             let span = ds.column_span(col, tile.start, tile.end);
             let bytes: &[u8] = if c.stride as usize == size {
@@ -318,77 +351,114 @@ impl Backend for Wgpu {
                 gathered.extend((0..rows as usize).flat_map(|r| span[r * c.stride as usize..r * c.stride as usize + size].iter().copied()));
                 &gathered
             };
-            let at = k.slot_offsets[slot] * 4;
+            let at = k.slot_offsets[i] * 4;
             let whole = bytes.len() / 4 * 4;
             if whole > 0 {
-                q.write_buffer(&prep.inp, at, &bytes[..whole]);
+                q.write_buffer(&slot.inp, at, &bytes[..whole]);
             }
             if whole < bytes.len() {
                 let mut tail = [0u8; 4];
                 tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
-                q.write_buffer(&prep.inp, at + whole as u64, &tail);
+                q.write_buffer(&slot.inp, at + whole as u64, &tail);
             }
         }
-        q.write_buffer(&prep.params, 0, bytemuck::cast_slice(&[rows as u32, blocks as u32, 0, 0]));
+        q.write_buffer(&slot.params, 0, bytemuck::cast_slice(&[rows as u32, blocks as u32, 0, 0]));
         let part_bytes = blocks * k.part_words * 4;
         let atom_bytes = k.atom_words * 4;
-        let d = &self.gpu.device;
-        let mut enc = d.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tilestream tile") });
-        enc.clear_buffer(&prep.atom, 0, None);
+        let mut enc = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tilestream tile") });
+        enc.clear_buffer(&slot.atom, 0, None);
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("tilestream fused"), timestamp_writes: None });
             pass.set_pipeline(&prep.pipeline);
-            pass.set_bind_group(0, &prep.bind, &[]);
+            pass.set_bind_group(0, &slot.bind, &[]);
             pass.dispatch_workgroups(blocks as u32, 1, 1);
         }
-        enc.copy_buffer_to_buffer(&prep.part, 0, &prep.part_read, 0, part_bytes);
-        enc.copy_buffer_to_buffer(&prep.atom, 0, &prep.atom_read, 0, atom_bytes);
-        q.submit([enc.finish()]);
-        let part = self.read(&prep.part_read, part_bytes)?;
-        let atom = self.read(&prep.atom_read, atom_bytes)?;
-        decode(prep, rows, blocks, &part, &atom, out)
+        enc.copy_buffer_to_buffer(&slot.part, 0, &slot.part_read, 0, part_bytes);
+        enc.copy_buffer_to_buffer(&slot.atom, 0, &slot.atom_read, 0, atom_bytes);
+        let index = q.submit([enc.finish()]);
+        let map = |buf: &wgpu::Buffer, bytes: u64| -> MapStatus {
+            let status: MapStatus = Arc::new(Mutex::new(None));
+            let flag = status.clone();
+            buf.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
+                if let Ok(mut f) = flag.lock() {
+                    *f = Some(r);
+                }
+            });
+            status
+        };
+        let part_mapped = map(&slot.part_read, part_bytes);
+        let atom_mapped = map(&slot.atom_read, atom_bytes);
+        self.gpu.check()?;
+        Ok(Ticket { slot: slot_index, index, rows, blocks, part_bytes, atom_bytes, part_mapped, atom_mapped })
+    }
+
+    fn collect(&self, prep: &Prepared, t: Ticket, out: Option<&mut TileOut>) -> Result<TileResult> {
+        let slot = &prep.slots[t.slot];
+        let part = self.read(&slot.part_read, t.part_bytes, &t.part_mapped, &t.index)?;
+        let atom = self.read(&slot.atom_read, t.atom_bytes, &t.atom_mapped, &t.index)?;
+        decode(prep, t.rows, t.blocks, &part, &atom, out)
     }
 }
 
 impl Wgpu {
-    /// Maps `bytes` of a read-back buffer and copies them out as words.
-    fn read(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u32>> {
-        let done: Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>> = Arc::new(Mutex::new(None));
-        let flag = done.clone();
-        buf.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
-            if let Ok(mut f) = flag.lock() {
-                *f = Some(r);
-            }
-        });
-        self.gpu
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| device_error(&self.gpu.name, format!("waiting for the GPU: {e}")))?;
-        // When several threads poll one device, another thread's poll may be the one that
-        // runs this buffer's callback: wait (briefly) until it has run.
+    /// Waits for a read-back buffer's mapping, copies `bytes` out as words and unmaps it.
+    fn read(&self, buf: &wgpu::Buffer, bytes: u64, mapped: &MapStatus, index: &wgpu::SubmissionIndex) -> Result<Vec<u32>> {
+        let name = &self.gpu.name;
         let start = std::time::Instant::now();
+        let mut waited = false;
+        // When several threads poll one device, another thread's poll may be the one that
+        // runs this buffer's callback: poll until it has run.
         let status = loop {
             self.gpu.check()?;
-            let s = done.lock().map_err(|_| device_error(&self.gpu.name, "map callback panicked"))?.take();
-            if let Some(s) = s {
+            if let Some(s) = mapped.lock().map_err(|_| device_error(name, "a map callback panicked"))?.take() {
                 break s;
             }
-            if start.elapsed() > std::time::Duration::from_secs(60) {
-                return Err(device_error(&self.gpu.name, "the GPU did not finish the tile within a minute of the wait"));
+            if !waited {
+                let wait = wgpu::PollType::Wait { submission_index: Some(index.clone()), timeout: None };
+                self.gpu.device.poll(wait).map_err(|e| device_error(name, format!("waiting for the GPU: {e}")))?;
+                waited = true;
+                continue;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(600) {
+                return Err(device_error(name, "the GPU did not finish a tile in 10 minutes"));
             }
             std::thread::sleep(std::time::Duration::from_micros(200));
-            self.gpu.device.poll(wgpu::PollType::Poll).map_err(|e| device_error(&self.gpu.name, format!("waiting for the GPU: {e}")))?;
+            self.gpu.device.poll(wgpu::PollType::Poll).map_err(|e| device_error(name, format!("waiting for the GPU: {e}")))?;
         };
         if let Err(e) = status {
-            return Err(device_error(&self.gpu.name, format!("reading results back: {e}")));
+            return Err(device_error(name, format!("reading results back: {e}")));
         }
         let words = {
-            let view = buf.get_mapped_range(0..bytes).map_err(|e| device_error(&self.gpu.name, format!("reading results back: {e}")))?;
+            let view = buf.get_mapped_range(0..bytes).map_err(|e| device_error(name, format!("reading results back: {e}")))?;
             bytemuck::cast_slice::<u8, u32>(&view).to_vec()
         };
         buf.unmap();
         Ok(words)
     }
+}
+
+/// Uploads `spans` to a device buffer in chunks of `chunk` bytes and waits for the device:
+/// the host → device bandwidth a query's staging can reach (see `limits::upload_limit`).
+pub(crate) fn upload(index: usize, spans: &[&[u8]], chunk: u64) -> Result<()> {
+    let gpu = open(index)?;
+    let chunk = chunk.min(gpu.limits.max_buffer_size) / 4 * 4;
+    let buf = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("upload probe"),
+        size: chunk.max(4),
+        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    for span in spans {
+        for piece in span.chunks(chunk as usize) {
+            let whole = piece.len() / 4 * 4;
+            if whole > 0 {
+                gpu.queue.write_buffer(&buf, 0, &piece[..whole]);
+                gpu.queue.submit([]);
+            }
+        }
+    }
+    gpu.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| device_error(&gpu.name, format!("waiting for the GPU: {e}")))?;
+    gpu.check()
 }
 
 /// The value of a pivot stored as two words.
