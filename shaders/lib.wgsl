@@ -413,19 +413,18 @@ fn f_div(a: f32, b: f32) -> f32 {
     var eb = i32(ab >> 23u);
     var mb = ab & 0x7fffffu;
     if (eb == 0) { let s = countLeadingZeros(mb) - 8u; mb = mb << s; eb = 1 - i32(s); } else { mb = mb | 0x800000u; }
-    // Make ma/mb lie in [1, 2); then q = floor((ma << 25) / mb) has exactly 26 bits and the
-    // result's leading bit is 2^(ea - eb).
+    // Make ma/mb lie in [1, 2); then the 26-bit quotient q = floor((ma << 25) / mb) comes
+    // from restoring division (the remainder stays below 2 * mb < 2^25), and the result's
+    // leading bit is 2^(ea - eb).
     if (ma < mb) { ma = ma << 1u; ea = ea - 1; }
-    let num = u64_shl(vec2<u32>(ma, 0u), 25u);
     var q = 0u;
-    var rem = vec2<u32>(0u, 0u);
-    for (var i = 0u; i < 50u; i = i + 1u) {
-        let bit = u64_shr(num, 49u - i).x & 1u;
-        rem = u64_add(u64_shl(rem, 1u), vec2<u32>(bit, 0u));
+    var r = ma;
+    for (var i = 0u; i < 26u; i = i + 1u) {
         q = q << 1u;
-        if (!u64_lt(rem, vec2<u32>(mb, 0u))) { rem = u64_sub(rem, vec2<u32>(mb, 0u)); q = q | 1u; }
+        if (r >= mb) { r = r - mb; q = q | 1u; }
+        r = r << 1u;
     }
-    let sticky = !u64_is_zero(rem);
+    let sticky = r != 0u;
     var be = ea - eb + 127;
     var shift = 2u; // 24 bits kept of 26
     if (be <= 0) {

@@ -423,7 +423,9 @@ fn explain_program(prog: &FusedProgram, ds: &Dataset) -> String {
         tile,
         exec::BLOCK_ROWS,
         if prog.key.is_some() {
-            "per-block dense key slots (direct table for 8/16-bit keys, hash map otherwise), merged in block order"
+            "on the CPU, per-unit dense key slots (direct table for 8/16-bit keys, hash map otherwise); on wgpu, one workgroup per \
+             65536-row unit and one thread per key slot, each walking its key's rows in order (8-bit keys; wider keys are refused \
+             and `--device auto` runs them on the CPU); partials merged in unit order"
         } else {
             "none"
         },

@@ -1094,6 +1094,12 @@ fn stats_json_close(a: &Value, b: &Value, what: &str) {
                 stats_json_close(v, &y[k], &format!("{what}.{k}"));
             }
         }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{what}: lengths");
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                stats_json_close(p, q, &format!("{what}[{i}]"));
+            }
+        }
         (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
             let (p, q) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
             assert!((p - q).abs() <= 1e-6 * p.abs().max(q.abs()) + 1e-12, "{what}: {p} vs {q}");
@@ -1116,7 +1122,7 @@ fn wgpu_gives_the_cpus_answers() {
     let g = gen_data(&dir, "g.safetensors", 30_001, 3, seed("wgpu_gives_the_cpus_answers"));
     let d = run(&["devices"]);
     assert!(d.ok().contains(&format!("{dev} ")), "devices lists {dev}: {}", d.stdout);
-    for args in [vec!["stats"], vec!["stats", "--where", "f0 > 0.2 && key < 30"]] {
+    for args in [vec!["stats"], vec!["stats", "--where", "f0 > 0.2 && key < 30"], vec!["stats", "--by", "key", "--where", "f1 < 0.7"]] {
         let mut a = args.clone();
         a.extend([g.path.as_str(), "--json"]);
         let cpu = run(&[&a[..], &["--device", "cpu"]].concat()).json();
@@ -1156,8 +1162,24 @@ fn wgpu_gives_the_cpus_answers() {
         files.push(std::fs::read(&out).unwrap_or_default());
     }
     assert!(!files[0].is_empty() && files[0] == files[1], "transform output differs between cpu and {dev}");
-    // A query the adapter cannot run: an explicit device is an error (exit 2) ...
-    run(&["stats", &g.path, "--by", "key", "--device", &dev]).fails(&["unsupported", "group-by"]);
+    // A query the adapter cannot run: with an explicit device, an error (exit 2).
+    run(&["hist", &g.path, "--column", "f0", "--bins", "100000", "--device", &dev]).fails(&["unsupported", "bins"]);
+}
+
+#[test]
+fn auto_reruns_on_the_cpu_what_the_gpu_cannot_run() {
+    let Some(tilestream::Device::Wgpu(i)) = gpu_device() else { return };
+    let dir = TempDir::new("cli-auto");
+    // Over GPU_MIN_BYTES, so that `auto` takes the GPU (pinned by TILESTREAM_AUTO_GPU).
+    let g = gen_data(&dir, "big.safetensors", 2_200_000, 8, 3);
+    let cpu = run(&["hist", &g.path, "--column", "f0", "--bins", "100000", "--json", "--device", "cpu"]).json();
+    let mut cmd = Command::new(support::bin());
+    cmd.args(["hist", &g.path, "--column", "f0", "--bins", "100000", "--json"]).env("TILESTREAM_AUTO_GPU", format!("wgpu:{i}"));
+    let o = cmd.output().expect("run tilestream");
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "auto must fall back: {stderr}");
+    assert!(stderr.contains("running it again on the CPU") && stderr.contains("bins"), "auto says why it fell back: {stderr}");
+    assert_eq!(serde_json::from_str::<Value>(stdout.trim()).expect("JSON"), cpu, "the CPU's answer");
 }
 
 #[test]

@@ -256,7 +256,8 @@ fn unsupported_queries_say_so() {
     let path = dir.path("u.safetensors");
     write_safetensors(&path, 1000, &cols);
     let ds = Dataset::open(&path).unwrap();
-    let r = ds.lazy().group_by("k").aggregate([all_stats(["a"])]).collect(&gpu);
+    // Group-by keys wider than 8 bits are not built on wgpu yet.
+    let r = ds.lazy().group_by("s").aggregate([all_stats(["a"])]).collect(&gpu);
     assert!(matches!(r, Err(tilestream::Error::Unsupported(_))), "{r:?}");
     // u64 values at or above 2^63 cannot be summed exactly by the kernel: a typed error.
     let u: Vec<u64> = vec![u64::MAX - 5, 3];

@@ -30,8 +30,15 @@ pub enum Device {
 
 impl Device {
     /// The best device present: a real (non-software) GPU through wgpu, discrete before
-    /// integrated, else the CPU. Never a CPU or software adapter.
+    /// integrated, else the CPU. Never a CPU or software adapter, unless the environment
+    /// variable `TILESTREAM_AUTO_GPU=wgpu:N` names one (for tests, or to pin an adapter).
     pub fn auto() -> Device {
+        #[cfg(feature = "wgpu")]
+        if let Ok(name) = std::env::var("TILESTREAM_AUTO_GPU")
+            && let Ok(d @ Device::Wgpu(_)) = wgpu_named(&name, name.strip_prefix("wgpu:"))
+        {
+            return d;
+        }
         #[cfg(feature = "wgpu")]
         if let Some(i) = wgpu::best_hardware() {
             return Device::Wgpu(i);

@@ -234,6 +234,8 @@ pub(crate) struct Prepared {
     slots: Vec<Slot>,
     /// Tiles submitted so far (tile i uses slot i % DEPTH).
     submitted: std::sync::atomic::AtomicUsize,
+    /// Rows per workgroup and per partial (a block, or a group-by unit).
+    unit: u64,
     /// Dataset column of each input slot, and its dtype.
     inputs: Vec<usize>,
     dtypes: Vec<DType>,
@@ -278,7 +280,8 @@ impl Backend for Wgpu {
                 rows = rows.min(fit);
             }
         }
-        (rows / BLOCK_ROWS).max(1) * BLOCK_ROWS
+        let unit = exec::unit_rows(prog);
+        (rows / unit).max(1) * unit
     }
 
     fn prepare(&self, prog: &FusedProgram, ds: &Dataset, tile_rows: u64) -> Result<Prepared> {
@@ -286,7 +289,8 @@ impl Backend for Wgpu {
         let kernel = wgsl::generate(prog, &dtypes, tile_rows)?;
         let pipeline = self.gpu.pipeline(&kernel.source)?;
         let d = &self.gpu.device;
-        let blocks = tile_rows.div_ceil(BLOCK_ROWS);
+        let unit = exec::unit_rows(prog);
+        let blocks = tile_rows.div_ceil(unit);
         let buffer = |label: &str, words: u64, usage: wgpu::BufferUsages| {
             d.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (words.max(4)) * 4, usage, mapped_at_creation: false })
         };
@@ -324,6 +328,7 @@ impl Backend for Wgpu {
             pipeline,
             slots,
             submitted: std::sync::atomic::AtomicUsize::new(0),
+            unit,
             inputs: prog.inputs.clone(),
             dtypes,
             hist_bins: prog.hists.iter().map(|h| h.bins).collect(),
@@ -333,7 +338,7 @@ impl Backend for Wgpu {
 
     fn submit(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, _out: Option<&mut TileOut>) -> Result<Ticket> {
         let rows = tile.end - tile.start;
-        let blocks = rows.div_ceil(BLOCK_ROWS);
+        let blocks = rows.div_ceil(prep.unit);
         let k = &prep.kernel;
         let q = &self.gpu.queue;
         let slot_index = prep.submitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % DEPTH;
@@ -472,9 +477,80 @@ fn pivot_value(dom: Domain, lo: u32, hi: u32) -> f64 {
     }
 }
 
+/// A statistic's partial from its 5 counters and 14 words.
+fn block_stats(dom: Domain, c: &[u32], w: &[u32]) -> Result<BlockStats> {
+    let (cnt, nan, pinf, ninf, flag) = (c[0] as u64, c[1] as u64, c[2] as u64, c[3] as u64, c[4]);
+    if flag != 0 {
+        return Err(Error::Unsupported(
+            "values the wgpu kernel cannot sum exactly (f64 beyond the f32 range, or integers beyond ±2^63); run with --device cpu".into(),
+        ));
+    }
+    let f = |j: usize| f32::from_bits(w[j]) as f64;
+    let key = |j: usize| ((w[j] as u64) << 32) | w[j + 1] as u64;
+    let inf = pinf + ninf;
+    let mut st = BlockStats {
+        count: cnt,
+        nan,
+        inf,
+        pivot: pivot_value(dom, w[0], w[1]),
+        sum_d: if pinf > 0 && ninf > 0 {
+            f64::NAN
+        } else if pinf > 0 {
+            f64::INFINITY
+        } else if ninf > 0 {
+            f64::NEG_INFINITY
+        } else {
+            f(2) + f(3)
+        },
+        sum_d2: if inf > 0 { f64::INFINITY } else { f(4) + f(5) },
+        ..BlockStats::default()
+    };
+    if cnt > 0 {
+        st.min = dom.key_value(key(6));
+        st.max = dom.key_value(key(8));
+        if matches!(dom, Domain::Int | Domain::U64) {
+            st.imin = dom.key_int(key(6));
+            st.imax = dom.key_int(key(8));
+        }
+    }
+    if cnt > inf {
+        st.fmin = dom.key_value(key(10));
+        st.fmax = dom.key_value(key(12));
+    }
+    Ok(st)
+}
+
+/// The partials of a group-by tile: per unit, the key slots that saw rows.
+fn decode_groups(k: &Kernel, base: i64, units: u64, part: &[u32]) -> Result<TileResult> {
+    let per_slot = (k.part_words / wgsl::GROUP_SLOTS) as usize;
+    let mut res = TileResult::default();
+    for u in 0..units as usize {
+        let mut bp = BlockPartial::default();
+        for slot in 0..wgsl::GROUP_SLOTS as usize {
+            let w = &part[(u * wgsl::GROUP_SLOTS as usize + slot) * per_slot..][..per_slot];
+            if w[0] == 0 {
+                continue;
+            }
+            bp.selected += w[0] as u64;
+            let mut stats = Vec::with_capacity(k.stat_domains.len());
+            for (i, &dom) in k.stat_domains.iter().enumerate() {
+                let at = 1 + (STAT_COUNTERS + STAT_WORDS) as usize * i;
+                let (c, rest) = w[at..at + (STAT_COUNTERS + STAT_WORDS) as usize].split_at(STAT_COUNTERS as usize);
+                stats.push(block_stats(dom, c, rest)?);
+            }
+            bp.groups.push(((base + slot as i64) as i128, w[0] as u64, stats));
+        }
+        res.blocks.push(bp);
+    }
+    Ok(res)
+}
+
 /// Turns the kernel's words into the partials the driver merges.
 fn decode(prep: &Prepared, rows: u64, blocks: u64, part: &[u32], atom: &[u32], out: Option<&mut TileOut>) -> Result<TileResult> {
     let k = &prep.kernel;
+    if let Some(base) = k.group_base {
+        return decode_groups(k, base, blocks, part);
+    }
     let s = k.stat_domains.len() as u64;
     let mut res = TileResult::default();
     for b in 0..blocks {
@@ -482,47 +558,8 @@ fn decode(prep: &Prepared, rows: u64, blocks: u64, part: &[u32], atom: &[u32], o
         let mut bp = BlockPartial { selected: w[0] as u64, ..BlockPartial::default() };
         for (i, &dom) in k.stat_domains.iter().enumerate() {
             let c = (1 + STAT_COUNTERS * i as u64) as usize;
-            let (cnt, nan, pinf, ninf, flag) = (w[c] as u64, w[c + 1] as u64, w[c + 2] as u64, w[c + 3] as u64, w[c + 4]);
-            if flag != 0 {
-                return Err(Error::Unsupported(
-                    "values the wgpu kernel cannot sum exactly (f64 beyond the f32 range, or integers beyond ±2^63); run with --device cpu"
-                        .into(),
-                ));
-            }
             let q = (k.counters + STAT_WORDS * i as u64) as usize;
-            let f = |j: usize| f32::from_bits(w[q + j]) as f64;
-            let key = |j: usize| ((w[q + j] as u64) << 32) | w[q + j + 1] as u64;
-            let inf = pinf + ninf;
-            let mut st = BlockStats {
-                count: cnt,
-                nan,
-                inf,
-                pivot: pivot_value(dom, w[q], w[q + 1]),
-                sum_d: if pinf > 0 && ninf > 0 {
-                    f64::NAN
-                } else if pinf > 0 {
-                    f64::INFINITY
-                } else if ninf > 0 {
-                    f64::NEG_INFINITY
-                } else {
-                    f(2) + f(3)
-                },
-                sum_d2: if inf > 0 { f64::INFINITY } else { f(4) + f(5) },
-                ..BlockStats::default()
-            };
-            if cnt > 0 {
-                st.min = dom.key_value(key(6));
-                st.max = dom.key_value(key(8));
-                if matches!(dom, Domain::Int | Domain::U64) {
-                    st.imin = dom.key_int(key(6));
-                    st.imax = dom.key_int(key(8));
-                }
-            }
-            if cnt > inf {
-                st.fmin = dom.key_value(key(10));
-                st.fmax = dom.key_value(key(12));
-            }
-            bp.stats.push(st);
+            bp.stats.push(block_stats(dom, &w[c..c + STAT_COUNTERS as usize], &w[q..q + STAT_WORDS as usize])?);
         }
         for o in 0..prep.kernel.out_offsets.len() {
             let c = (1 + STAT_COUNTERS * s + 2 * o as u64) as usize;

@@ -12,8 +12,13 @@ use crate::error::{Error, Result};
 use crate::ops::{Cmp, Op, VType};
 use crate::program::{FusedProgram, HistSpec, Instr, OutSpec, Scale, Source, Value};
 
-const TEMPLATE: &str = include_str!("../../shaders/fused.wgsl");
+const COMMON: &str = include_str!("../../shaders/common.wgsl");
+const FUSED: &str = include_str!("../../shaders/fused.wgsl");
+const GROUPBY: &str = include_str!("../../shaders/groupby.wgsl");
 const LIBRARY: &str = include_str!("../../shaders/lib.wgsl");
+
+/// Key slots of the group-by kernel: one per thread of a workgroup.
+pub(crate) const GROUP_SLOTS: u64 = 256;
 
 /// Counters per statistic in a block partial: count, NaN, +inf, -inf, flag.
 pub(crate) const STAT_COUNTERS: u64 = 5;
@@ -123,6 +128,25 @@ pub(crate) struct Kernel {
     pub out_offsets: Vec<u64>,
     /// Size of the atomic buffer.
     pub atom_words: u64,
+    /// For a group-by: the key value of slot 0 (slot s holds key `base + s`).
+    pub group_base: Option<i64>,
+}
+
+/// `COMMON`, then `template` with its `//@NAME` lines replaced, then `LIBRARY`.
+fn assemble(template: &str, pieces: &[(&str, &str)]) -> String {
+    let mut src = String::with_capacity(COMMON.len() + template.len() + LIBRARY.len() + 4096);
+    src.push_str(COMMON);
+    for line in template.lines() {
+        match pieces.iter().find(|(name, _)| line.trim() == *name) {
+            Some((_, piece)) => src.push_str(piece),
+            None => {
+                src.push_str(line);
+                src.push('\n');
+            }
+        }
+    }
+    src.push_str(LIBRARY);
+    src
 }
 
 fn words(rows: u64, dtype: DType) -> u64 {
@@ -141,10 +165,10 @@ fn unsupported(what: impl Into<String>) -> Error {
 /// Generates the kernel of `prog` over columns of `dtypes` (one per input slot), for tiles
 /// of `cap_rows` rows.
 pub(crate) fn generate(prog: &FusedProgram, dtypes: &[DType], cap_rows: u64) -> Result<Kernel> {
-    if prog.key.is_some() {
-        return Err(unsupported("group-by"));
-    }
     let g = Gen { prog, dtypes };
+    if let Some(key) = prog.key {
+        return g.group_by(key, cap_rows);
+    }
     let s = prog.stats.len() as u64;
     let o = prog.outputs.len() as u64;
     let counters = 1 + STAT_COUNTERS * s + 2 * o;
@@ -254,13 +278,7 @@ pub(crate) fn generate(prog: &FusedProgram, dtypes: &[DType], cap_rows: u64) -> 
     // Phase 2: accumulate selected rows.
     let mut acc = String::new();
     for (i, dom) in stat_domains.iter().enumerate() {
-        let f = match dom {
-            Domain::F32 => "acc_f32",
-            Domain::F64 => "acc_f64",
-            Domain::Int => "acc_i64",
-            Domain::U64 => "acc_u64",
-        };
-        let _ = writeln!(acc, "            {f}(&a{i}, row.s{i}, p{i});");
+        let _ = writeln!(acc, "            {}(&a{i}, row.s{i}, p{i});", acc_fn(*dom));
     }
     for (i, h) in prog.hists.iter().enumerate() {
         let dom = hist_domains[i];
@@ -332,28 +350,21 @@ pub(crate) fn generate(prog: &FusedProgram, dtypes: &[DType], cap_rows: u64) -> 
         if local_hist { hist_words } else { 1 },
         (2 * o).max(1)
     );
-    let mut src = String::with_capacity(TEMPLATE.len() + LIBRARY.len() + eval.len() * 2);
-    for line in TEMPLATE.lines() {
-        let piece = match line.trim() {
-            "//@CONSTS" => &consts,
-            "//@ROW_FIELDS" => &fields,
-            "//@EVAL" => &eval,
-            "//@WRITE" => &write,
-            "//@PIVOT_SEARCH" => &search,
-            "//@PIVOT_LOAD" => &pivots,
-            "//@ACCUMULATE" => &acc,
-            "//@OUTPUT" => &output,
-            "//@COUNTERS" => &counters_code,
-            "//@REDUCE" => &reduce,
-            _ => {
-                src.push_str(line);
-                src.push('\n');
-                continue;
-            }
-        };
-        src.push_str(piece);
-    }
-    src.push_str(LIBRARY);
+    let src = assemble(
+        FUSED,
+        &[
+            ("//@CONSTS", &consts),
+            ("//@ROW_FIELDS", &fields),
+            ("//@EVAL", &eval),
+            ("//@WRITE", &write),
+            ("//@PIVOT_SEARCH", &search),
+            ("//@PIVOT_LOAD", &pivots),
+            ("//@ACCUMULATE", &acc),
+            ("//@OUTPUT", &output),
+            ("//@COUNTERS", &counters_code),
+            ("//@REDUCE", &reduce),
+        ],
+    );
     Ok(Kernel {
         source: src,
         slot_offsets,
@@ -365,7 +376,18 @@ pub(crate) fn generate(prog: &FusedProgram, dtypes: &[DType], cap_rows: u64) -> 
         hist_offsets,
         out_offsets,
         atom_words,
+        group_base: None,
     })
+}
+
+/// The per-thread accumulate function of a domain.
+fn acc_fn(dom: Domain) -> &'static str {
+    match dom {
+        Domain::F32 => "acc_f32",
+        Domain::F64 => "acc_f64",
+        Domain::Int => "acc_i64",
+        Domain::U64 => "acc_u64",
+    }
 }
 
 struct Gen<'a> {
@@ -381,6 +403,96 @@ fn pair_lit(v: u64) -> String {
 }
 
 impl Gen<'_> {
+    /// The group-by kernel: statistics per key slot per unit of `GROUP_BLOCK_ROWS` rows.
+    fn group_by(&self, key: usize, cap_rows: u64) -> Result<Kernel> {
+        let prog = self.prog;
+        if !prog.hists.is_empty() || !prog.outputs.is_empty() {
+            return Err(unsupported("histograms or output columns in a group-by"));
+        }
+        let mut slot_offsets = Vec::new();
+        let mut at = 0u64;
+        for &d in self.dtypes {
+            slot_offsets.push(at);
+            at += words(cap_rows, d);
+        }
+        let off = slot_offsets[key];
+        let (base, code) = match self.dtypes[key] {
+            DType::U8 | DType::Bool => (0, format!("byte_at({off}u, i)")),
+            DType::I8 => (-128, format!("(byte_at({off}u, i) ^ 0x80u)")),
+            d => return Err(unsupported(format!("group-by on a {d} key (8-bit keys so far)"))),
+        };
+        let mut fields = String::new();
+        let mut eval = String::new();
+        for (r, ins) in prog.instrs.iter().enumerate() {
+            let (ty, e) = self.instr(r, ins, &slot_offsets)?;
+            let _ = writeln!(eval, "    let r{r}: {ty} = {e};");
+        }
+        let _ = writeln!(eval, "    row.mask = {};", prog.mask.map_or("true".to_string(), |m| format!("r{m}")));
+        let _ = writeln!(eval, "    row.key = {code};");
+        let (mut decl, mut stage, mut acc, mut write) = (String::new(), String::new(), String::new(), String::new());
+        let mut stat_domains = Vec::new();
+        let mut val_words = 0u64;
+        for (i, src) in prog.stats.iter().enumerate() {
+            let (dom, e) = self.source_value_at(*src, &slot_offsets)?;
+            stat_domains.push(dom);
+            let _ = writeln!(fields, "    s{i}: {},", dom.wgsl_type());
+            let _ = writeln!(eval, "    row.s{i} = {e};");
+            let _ = writeln!(decl, "    var a{i} = acc_new();\n    var p{i}: {} = {};\n    var h{i} = false;", dom.wgsl_type(), dom.zero());
+            let at = val_words;
+            let load = if dom == Domain::F32 {
+                let _ = writeln!(stage, "                atomicStore(&atom[b + {at}u], bitcast<u32>(row.s{i}));");
+                val_words += 1;
+                format!("bitcast<f32>(atomicLoad(&atom[b + {at}u]))")
+            } else {
+                let _ = writeln!(
+                    stage,
+                    "                atomicStore(&atom[b + {at}u], row.s{i}.x);\n                atomicStore(&atom[b + {}u], row.s{i}.y);",
+                    at + 1
+                );
+                val_words += 2;
+                format!("vec2<u32>(atomicLoad(&atom[b + {at}u]), atomicLoad(&atom[b + {}u]))", at + 1)
+            };
+            let _ = writeln!(
+                acc,
+                "                {{\n                    let v = {load};\n                    if (!h{i} && {}) {{ p{i} = v; h{i} = true; }}\n                    {}(&a{i}, v, p{i});\n                }}",
+                dom.finite("v"),
+                acc_fn(dom)
+            );
+            let piv = if dom == Domain::F32 { format!("vec2<u32>(bitcast<u32>(p{i}), 0u)") } else { format!("p{i}") };
+            let _ = writeln!(write, "    write_acc(q + {}u, a{i}, {piv});", 1 + (STAT_COUNTERS + STAT_WORDS) * i as u64);
+        }
+        let group_words = 1 + (STAT_COUNTERS + STAT_WORDS) * prog.stats.len() as u64;
+        let val_words = val_words.max(1);
+        let consts = format!("const GROUP_WORDS: u32 = {group_words}u;\nconst VAL_WORDS: u32 = {val_words}u;");
+        let source = assemble(
+            GROUPBY,
+            &[
+                ("//@CONSTS", &consts),
+                ("//@ROW_FIELDS", &fields),
+                ("//@EVAL", &eval),
+                ("//@GROUP_DECL", &decl),
+                ("//@STAGE", &stage),
+                ("//@GROUP_ACC", &acc),
+                ("//@GROUP_WRITE", &write),
+            ],
+        );
+        let units = cap_rows.div_ceil(crate::exec::GROUP_BLOCK_ROWS);
+        Ok(Kernel {
+            source,
+            slot_offsets,
+            inp_words: at.max(1),
+            thresholds: Vec::new(),
+            part_words: GROUP_SLOTS * group_words,
+            counters: 0,
+            stat_domains,
+            hist_offsets: Vec::new(),
+            out_offsets: Vec::new(),
+            // Scratch for the staged values of every unit's current sub-block.
+            atom_words: units * GROUP_SLOTS * val_words,
+            group_base: Some(base),
+        })
+    }
+
     /// A register's WGSL type.
     fn reg_type(&self, r: usize) -> &'static str {
         match self.prog.reg_type(r) {
@@ -786,6 +898,15 @@ mod tests {
         v.push((p.clone(), dtypes.clone()));
         p.mask = Some(last_bool);
         v.push((p, dtypes.clone()));
+        // Group-by over every statistic domain, with and without a filter, on each 8-bit key.
+        for key in [DType::U8, DType::I8, DType::Bool] {
+            let mut p = base.clone();
+            p.key = Some(slot(key));
+            p.stats = (0..dtypes.len()).map(Source::Slot).chain([Source::Reg(f), Source::Reg(i)]).collect();
+            v.push((p.clone(), dtypes.clone()));
+            p.mask = Some(last_bool);
+            v.push((p, dtypes.clone()));
+        }
         // Nothing but a count.
         v.push((FusedProgram::default(), Vec::new()));
         v
@@ -800,9 +921,10 @@ mod tests {
     }
 
     #[test]
-    fn group_by_is_refused_with_a_typed_error() {
+    fn group_by_on_wide_keys_is_refused_with_a_typed_error() {
         let prog = FusedProgram { inputs: vec![0], key: Some(0), ..FusedProgram::default() };
-        assert!(matches!(generate(&prog, &[DType::U8], BLOCK_ROWS), Err(Error::Unsupported(_))));
+        assert!(matches!(generate(&prog, &[DType::U16], BLOCK_ROWS), Err(Error::Unsupported(_))));
+        assert!(generate(&prog, &[DType::U8], BLOCK_ROWS).is_ok());
     }
 
     #[test]
