@@ -1,5 +1,6 @@
 // tilestream group-by kernel (after common.wgsl): one workgroup per unit of UNIT rows of a
-// tile, for keys with at most 256 values (8-bit keys). Thread `lid` owns key slot `lid`.
+// tile and per sweep of 256 key values: workgroup (u, s) takes the keys KEY_BASE + 256 s
+// + 0..255 of unit u, and thread `lid` owns key KEY_BASE + 256 s + lid.
 // For each sub-block of SUB rows, every thread evaluates one row and stages its key slot
 // (workgroup memory) and its statistic values (a scratch area of the `atom` buffer); then
 // each thread walks the sub-block's slots and accumulates the rows of its own key, in row
@@ -18,7 +19,7 @@ var<workgroup> wg_code: array<u32, 256>;
 
 struct Row {
     mask: bool,
-    key: u32,
+    key: vec2<u32>,
 //@ROW_FIELDS
 }
 
@@ -31,10 +32,13 @@ fn eval_row(i: u32) -> Row {
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let unit = wid.x;
+    let sweep = wid.y;
     let u0 = unit * UNIT;
     let n = min(UNIT, params.rows - min(u0, params.rows));
+    let base = u64_add(KEY_BASE, vec2<u32>(sweep * WG, 0u));
+    let wgi = sweep * params.blocks + unit;
     // This workgroup's scratch: VAL_WORDS words per row of a sub-block.
-    let vb = unit * SUB * VAL_WORDS;
+    let vb = wgi * SUB * VAL_WORDS;
     var rows = 0u;
 //@GROUP_DECL
     for (var s0 = 0u; s0 < n; s0 = s0 + SUB) {
@@ -42,8 +46,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         var code = 0xffffffffu;
         if (j < n) {
             let row = eval_row(u0 + j);
-            if (row.mask) {
-                code = row.key;
+            let d = u64_sub(row.key, base);
+            if (row.mask && d.y == 0u && d.x < WG) {
+                code = d.x;
                 let b = vb + lid * VAL_WORDS;
 //@STAGE
             }
@@ -77,7 +82,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         storageBarrier();
         workgroupBarrier();
     }
-    let q = (unit * WG + lid) * GROUP_WORDS;
+    let q = (wgi * WG + lid) * GROUP_WORDS;
     part[q] = rows;
 //@GROUP_WRITE
 }

@@ -423,9 +423,9 @@ fn explain_program(prog: &FusedProgram, ds: &Dataset) -> String {
         tile,
         exec::BLOCK_ROWS,
         if prog.key.is_some() {
-            "on the CPU, per-unit dense key slots (direct table for 8/16-bit keys, hash map otherwise); on wgpu, one workgroup per \
-             65536-row unit and one thread per key slot, each walking its key's rows in order (8-bit keys; wider keys are refused \
-             and `--device auto` runs them on the CPU); partials merged in unit order"
+            "on the CPU, per-unit dense key slots (direct table for 8/16-bit keys, hash map otherwise); on wgpu, one workgroup \
+             per 65536-row unit and per sweep of 256 key values, one thread per key walking its rows in order (keys wider than \
+             8 bits: their range is read first, and at most 65536 key values fit); partials merged in unit order"
         } else {
             "none"
         },

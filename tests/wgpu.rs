@@ -256,8 +256,8 @@ fn unsupported_queries_say_so() {
     let path = dir.path("u.safetensors");
     write_safetensors(&path, 1000, &cols);
     let ds = Dataset::open(&path).unwrap();
-    // Group-by keys wider than 8 bits are not built on wgpu yet.
-    let r = ds.lazy().group_by("s").aggregate([all_stats(["a"])]).collect(&gpu);
+    // Group-by keys spanning more than 65,536 values.
+    let r = ds.lazy().group_by("e").aggregate([all_stats(["a"])]).collect(&gpu);
     assert!(matches!(r, Err(tilestream::Error::Unsupported(_))), "{r:?}");
     // u64 values at or above 2^63 cannot be summed exactly by the kernel: a typed error.
     let u: Vec<u64> = vec![u64::MAX - 5, 3];
@@ -269,4 +269,53 @@ fn unsupported_queries_say_so() {
     let ds = Dataset::open(dir.path("big.safetensors")).unwrap();
     let r = ds.lazy().aggregate([all_stats(["u"])]).collect(&gpu);
     assert!(matches!(r, Err(tilestream::Error::Unsupported(_))), "{r:?}");
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-6 * a.abs().max(b.abs()) + 1e-9
+}
+
+#[test]
+fn group_by_on_wide_keys_matches_the_cpu() {
+    let Some(gpu) = gpu_device() else { return };
+    let seed = seed("group_by_on_wide_keys_matches_the_cpu");
+    let mut rng = Rng::new(seed);
+    let dir = TempDir::new("wgpu-groups");
+    for &rows in &[1usize, 8193, 70_000] {
+        let cols = mixed_columns(&mut rng, rows, 0.1);
+        let path = dir.path(&format!("g{rows}.safetensors"));
+        write_safetensors(&path, rows, &cols);
+        let ds = Dataset::open(&path).unwrap();
+        // s: i16 over 600 values (3 sweeps of 256 keys); i: i32 over thousands; k: u8.
+        for key in ["s", "i", "k"] {
+            for filter in [None, Some(parse_expr("a > 0 || c < 1").unwrap())] {
+                let run = |d: &Device| {
+                    let mut lf = ds.lazy();
+                    if let Some(f) = &filter {
+                        lf = lf.filter(f.clone());
+                    }
+                    lf.group_by(key).aggregate([all_stats(["a", "b", "d", "u"])]).collect_with(d, &small_tiles()).unwrap()
+                };
+                let (c, g) = (run(&Device::Cpu), run(&gpu));
+                let what = format!("rows={rows} key={key} filter={filter:?}");
+                assert_eq!(
+                    c.groups.iter().map(|x| (x.key, x.rows)).collect::<Vec<_>>(),
+                    g.groups.iter().map(|x| (x.key, x.rows)).collect::<Vec<_>>(),
+                    "{what}"
+                );
+                for (x, y) in c.groups.iter().zip(&g.groups) {
+                    for ((name, p), (_, q)) in x.columns.iter().zip(&y.columns) {
+                        let w = format!("{what} group {} {name}", x.key);
+                        assert_eq!(
+                            (p.count, p.nan_count, p.inf_count, p.min, p.max),
+                            (q.count, q.nan_count, q.inf_count, q.min, q.max),
+                            "{w}"
+                        );
+                        assert!(close(p.sum, q.sum), "{w}: sum {} vs {}", p.sum, q.sum);
+                        assert!(close(p.var.unwrap_or(0.0), q.var.unwrap_or(0.0)), "{w}: var {:?} vs {:?}", p.var, q.var);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -286,7 +286,11 @@ impl Backend for Wgpu {
 
     fn prepare(&self, prog: &FusedProgram, ds: &Dataset, tile_rows: u64) -> Result<Prepared> {
         let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
-        let kernel = wgsl::generate(prog, &dtypes, tile_rows)?;
+        let keys = match prog.key {
+            Some(k) if dtypes[k].size() > 1 => Some(key_range(ds, prog.inputs[k])?),
+            _ => None,
+        };
+        let kernel = wgsl::generate_with_keys(prog, &dtypes, tile_rows, keys)?;
         let pipeline = self.gpu.pipeline(&kernel.source)?;
         let d = &self.gpu.device;
         let unit = exec::unit_rows(prog);
@@ -376,7 +380,7 @@ impl Backend for Wgpu {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("tilestream fused"), timestamp_writes: None });
             pass.set_pipeline(&prep.pipeline);
             pass.set_bind_group(0, &slot.bind, &[]);
-            pass.dispatch_workgroups(blocks as u32, 1, 1);
+            pass.dispatch_workgroups(blocks as u32, k.sweeps as u32, 1);
         }
         enc.copy_buffer_to_buffer(&slot.part, 0, &slot.part_read, 0, part_bytes);
         enc.copy_buffer_to_buffer(&slot.atom, 0, &slot.atom_read, 0, atom_bytes);
@@ -520,14 +524,43 @@ fn block_stats(dom: Domain, c: &[u32], w: &[u32]) -> Result<BlockStats> {
     Ok(st)
 }
 
-/// The partials of a group-by tile: per unit, the key slots that saw rows.
+/// The smallest and largest value of an integer key column (a pass over the key column on
+/// the host: the group-by kernel takes keys in sweeps of 256 from the smallest).
+fn key_range(ds: &Dataset, col: usize) -> Result<(i64, i64)> {
+    let c = &ds.columns()[col];
+    let span = ds.column_span(col, 0, ds.rows());
+    let stride = c.stride as usize;
+    let at = |r: usize| -> Option<i64> {
+        let b = &span[r * stride..r * stride + c.dtype.size()];
+        Some(match c.dtype {
+            DType::I16 => i16::from_le_bytes([b[0], b[1]]) as i64,
+            DType::U16 => u16::from_le_bytes([b[0], b[1]]) as i64,
+            DType::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64,
+            DType::U32 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64,
+            DType::I64 => i64::from_le_bytes(b.try_into().ok()?),
+            DType::U64 => i64::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok()?,
+            _ => return None,
+        })
+    };
+    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+    for r in 0..ds.rows() as usize {
+        let v = at(r).ok_or_else(|| Error::Unsupported(format!("group-by on a {} key beyond i64 on the wgpu backend", c.dtype)))?;
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    ds.check_faults()?;
+    Ok(if lo > hi { (0, 0) } else { (lo, hi) })
+}
+
+/// The partials of a group-by tile: per unit, the keys that saw rows.
 fn decode_groups(k: &Kernel, base: i64, units: u64, part: &[u32]) -> Result<TileResult> {
-    let per_slot = (k.part_words / wgsl::GROUP_SLOTS) as usize;
+    let per_slot = (k.part_words / k.sweeps / wgsl::GROUP_SLOTS) as usize;
+    let slots = wgsl::GROUP_SLOTS as usize;
     let mut res = TileResult::default();
     for u in 0..units as usize {
         let mut bp = BlockPartial::default();
-        for slot in 0..wgsl::GROUP_SLOTS as usize {
-            let w = &part[(u * wgsl::GROUP_SLOTS as usize + slot) * per_slot..][..per_slot];
+        for (sweep, slot) in (0..k.sweeps as usize).flat_map(|w| (0..slots).map(move |s| (w, s))) {
+            let w = &part[((sweep * units as usize + u) * slots + slot) * per_slot..][..per_slot];
             if w[0] == 0 {
                 continue;
             }
@@ -538,7 +571,7 @@ fn decode_groups(k: &Kernel, base: i64, units: u64, part: &[u32]) -> Result<Tile
                 let (c, rest) = w[at..at + (STAT_COUNTERS + STAT_WORDS) as usize].split_at(STAT_COUNTERS as usize);
                 stats.push(block_stats(dom, c, rest)?);
             }
-            bp.groups.push(((base + slot as i64) as i128, w[0] as u64, stats));
+            bp.groups.push((base as i128 + (sweep * slots + slot) as i128, w[0] as u64, stats));
         }
         res.blocks.push(bp);
     }

@@ -128,8 +128,11 @@ pub(crate) struct Kernel {
     pub out_offsets: Vec<u64>,
     /// Size of the atomic buffer.
     pub atom_words: u64,
-    /// For a group-by: the key value of slot 0 (slot s holds key `base + s`).
+    /// For a group-by: the key of slot 0 of sweep 0 (slot s of sweep w holds key
+    /// `base + 256 w + s`).
     pub group_base: Option<i64>,
+    /// For a group-by: sweeps of 256 keys per unit (the second dispatch dimension).
+    pub sweeps: u64,
 }
 
 /// `COMMON`, then `template` with its `//@NAME` lines replaced, then `LIBRARY`.
@@ -163,11 +166,12 @@ fn unsupported(what: impl Into<String>) -> Error {
 }
 
 /// Generates the kernel of `prog` over columns of `dtypes` (one per input slot), for tiles
-/// of `cap_rows` rows.
-pub(crate) fn generate(prog: &FusedProgram, dtypes: &[DType], cap_rows: u64) -> Result<Kernel> {
+/// of `cap_rows` rows. A group-by on a key wider than 8 bits needs `keys`, the smallest and
+/// largest key value.
+pub(crate) fn generate_with_keys(prog: &FusedProgram, dtypes: &[DType], cap_rows: u64, keys: Option<(i64, i64)>) -> Result<Kernel> {
     let g = Gen { prog, dtypes };
     if let Some(key) = prog.key {
-        return g.group_by(key, cap_rows);
+        return g.group_by(key, cap_rows, keys);
     }
     let s = prog.stats.len() as u64;
     let o = prog.outputs.len() as u64;
@@ -377,6 +381,7 @@ pub(crate) fn generate(prog: &FusedProgram, dtypes: &[DType], cap_rows: u64) -> 
         out_offsets,
         atom_words,
         group_base: None,
+        sweeps: 1,
     })
 }
 
@@ -403,8 +408,9 @@ fn pair_lit(v: u64) -> String {
 }
 
 impl Gen<'_> {
-    /// The group-by kernel: statistics per key slot per unit of `GROUP_BLOCK_ROWS` rows.
-    fn group_by(&self, key: usize, cap_rows: u64) -> Result<Kernel> {
+    /// The group-by kernel: statistics per key per unit of `GROUP_BLOCK_ROWS` rows, in
+    /// sweeps of 256 keys.
+    fn group_by(&self, key: usize, cap_rows: u64, keys: Option<(i64, i64)>) -> Result<Kernel> {
         let prog = self.prog;
         if !prog.hists.is_empty() || !prog.outputs.is_empty() {
             return Err(unsupported("histograms or output columns in a group-by"));
@@ -415,12 +421,18 @@ impl Gen<'_> {
             slot_offsets.push(at);
             at += words(cap_rows, d);
         }
-        let off = slot_offsets[key];
-        let (base, code) = match self.dtypes[key] {
-            DType::U8 | DType::Bool => (0, format!("byte_at({off}u, i)")),
-            DType::I8 => (-128, format!("(byte_at({off}u, i) ^ 0x80u)")),
-            d => return Err(unsupported(format!("group-by on a {d} key (8-bit keys so far)"))),
+        let (lo, hi) = match (self.dtypes[key], keys) {
+            (DType::U8 | DType::Bool, _) => (0, 255),
+            (DType::I8, _) => (-128, 127),
+            (_, Some(range)) => range,
+            (d, None) => return Err(unsupported(format!("group-by on a {d} key without its key range"))),
         };
+        let span = (hi as i128 - lo as i128 + 1).max(1) as u64;
+        if span > crate::exec::MAX_GROUPS as u64 {
+            return Err(unsupported(format!("group-by on keys spanning {span} values (at most {} on wgpu)", crate::exec::MAX_GROUPS)));
+        }
+        let sweeps = span.div_ceil(GROUP_SLOTS);
+        let code = self.int_load(key, &slot_offsets, true)?;
         let mut fields = String::new();
         let mut eval = String::new();
         for (r, ins) in prog.instrs.iter().enumerate() {
@@ -463,7 +475,10 @@ impl Gen<'_> {
         }
         let group_words = 1 + (STAT_COUNTERS + STAT_WORDS) * prog.stats.len() as u64;
         let val_words = val_words.max(1);
-        let consts = format!("const GROUP_WORDS: u32 = {group_words}u;\nconst VAL_WORDS: u32 = {val_words}u;");
+        let consts = format!(
+            "const GROUP_WORDS: u32 = {group_words}u;\nconst VAL_WORDS: u32 = {val_words}u;\nconst KEY_BASE: vec2<u32> = {};",
+            pair_lit(lo as u64)
+        );
         let source = assemble(
             GROUPBY,
             &[
@@ -482,14 +497,15 @@ impl Gen<'_> {
             slot_offsets,
             inp_words: at.max(1),
             thresholds: Vec::new(),
-            part_words: GROUP_SLOTS * group_words,
+            part_words: sweeps * GROUP_SLOTS * group_words,
             counters: 0,
             stat_domains,
             hist_offsets: Vec::new(),
             out_offsets: Vec::new(),
-            // Scratch for the staged values of every unit's current sub-block.
-            atom_words: units * GROUP_SLOTS * val_words,
-            group_base: Some(base),
+            // Scratch for the staged values of every workgroup's current sub-block.
+            atom_words: sweeps * units * GROUP_SLOTS * val_words,
+            group_base: Some(lo),
+            sweeps,
         })
     }
 
@@ -785,6 +801,10 @@ mod tests {
     use super::*;
     use crate::exec::BLOCK_ROWS;
 
+    fn generate(prog: &FusedProgram, dtypes: &[DType], cap_rows: u64) -> Result<Kernel> {
+        generate_with_keys(prog, dtypes, cap_rows, None)
+    }
+
     /// Parses and validates WGSL with naga, with no optional capability (what every
     /// adapter, Metal and old cards included, accepts).
     fn validate(src: &str) {
@@ -898,7 +918,7 @@ mod tests {
         v.push((p.clone(), dtypes.clone()));
         p.mask = Some(last_bool);
         v.push((p, dtypes.clone()));
-        // Group-by over every statistic domain, with and without a filter, on each 8-bit key.
+        // Group-by over every statistic domain, with and without a filter, on 8-bit keys.
         for key in [DType::U8, DType::I8, DType::Bool] {
             let mut p = base.clone();
             p.key = Some(slot(key));
@@ -921,10 +941,15 @@ mod tests {
     }
 
     #[test]
-    fn group_by_on_wide_keys_is_refused_with_a_typed_error() {
+    fn group_by_key_ranges() {
         let prog = FusedProgram { inputs: vec![0], key: Some(0), ..FusedProgram::default() };
-        assert!(matches!(generate(&prog, &[DType::U16], BLOCK_ROWS), Err(Error::Unsupported(_))));
-        assert!(generate(&prog, &[DType::U8], BLOCK_ROWS).is_ok());
+        assert!(matches!(generate(&prog, &[DType::U16], BLOCK_ROWS), Err(Error::Unsupported(_))), "a wide key needs its range");
+        assert_eq!(generate(&prog, &[DType::U8], BLOCK_ROWS).map(|k| k.sweeps).ok(), Some(1));
+        let k = generate_with_keys(&prog, &[DType::I64], BLOCK_ROWS, Some((-5, 600))).expect("606 keys");
+        assert_eq!((k.group_base, k.sweeps), (Some(-5), 3));
+        validate(&k.source);
+        let wide = generate_with_keys(&prog, &[DType::I32], BLOCK_ROWS, Some((0, 70_000)));
+        assert!(matches!(wide, Err(Error::Unsupported(_))), "more than 65,536 keys");
     }
 
     #[test]
