@@ -66,7 +66,7 @@ fn acc_key(a: ptr<function, Acc>, k: vec2<u32>, finite: bool) {
 fn acc_dd(a: ptr<function, Acc>, d: Dd) {
     if (!d.ok) { (*a).flag = 1u; return; }
     (*a).sum = dd_add((*a).sum, d.v);
-    (*a).sq = dd_add((*a).sq, vec2<f32>(d.v.x * d.v.x, 2.0 * d.v.x * d.v.y));
+    (*a).sq = dd_add((*a).sq, dd_square(d.v));
 }
 fn acc_f32(a: ptr<function, Acc>, x: f32, p: f32) {
     if (f_is_nan(x)) { (*a).nan = (*a).nan + 1u; return; }

@@ -253,6 +253,17 @@ fn dd_add(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
     let h = opaque(s.x + e);
     return vec2<f32>(h, e - opaque(h - s.x));
 }
+// The square of a dd value as dd: hi^2 exactly (Veltkamp's split into two 12-bit halves
+// makes every partial product exact in f32), plus 2 hi lo. Squares of values far from the
+// pivot then lose nothing before Σd² - (Σd)²/n cancels.
+fn dd_square(d: vec2<f32>) -> vec2<f32> {
+    if (!f_lt(f_abs(d.x), 1e30)) { return vec2<f32>(d.x * d.x, 2.0 * d.x * d.y); }
+    let c = opaque(4097.0 * d.x);
+    let hi = opaque(c - opaque(c - d.x));
+    let lo = opaque2(d.x - hi);
+    let s = two_sum(hi * hi, 2.0 * hi * lo);
+    return dd_add(s, vec2<f32>(lo * lo, 2.0 * d.x * d.y));
+}
 // An unsigned 64-bit magnitude times 2^e as dd, truncated to 48 bits. `ok` is false when
 // the value is beyond the f32 range.
 struct Dd { v: vec2<f32>, ok: bool }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Prepares a run on a lent GPU machine (see scripts/gpu-check.sh), here, where Rust is:
+# builds the binary and the GPU test binaries into .gpu/ and downloads the Vulkan loader
+# into .gl/ (the GPU machine has the NVIDIA driver but may lack the loader, and has no Rust
+# and no network). Both folders are kept out of git; name them in the run's `carry`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo /.gpu/ >> .git/info/exclude
+grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo /.gl/ >> .git/info/exclude
+rm -rf .gpu && mkdir -p .gpu .gl /tmp/amd64/partial
+cargo build --release
+cp target/release/tilestream .gpu/
+# Test binaries: the wgpu suite and the cross-device equivalence suite.
+for t in wgpu equivalence; do
+  exe=$(cargo test --release --test "$t" --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
+  cp "$exe" ".gpu/$t"
+done
+strip .gpu/* 2>/dev/null || true
+if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
+  o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+  apt-get $o update -qq
+  (cd .gl && apt-get $o download libvulkan1)
+fi
+du -sh .gpu .gl
+echo 'now: run(command="bash scripts/gpu-check.sh", carry=[".gpu", ".gl"], timeout_s=540)'
