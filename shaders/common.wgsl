@@ -63,10 +63,15 @@ fn acc_key(a: ptr<function, Acc>, k: vec2<u32>, finite: bool) {
     }
 }
 // Adds x - pivot (as dd) and its square.
+// Sums or squares that leave the f32 range (|x - pivot| beyond about 1.8e19) set the flag:
+// the host then refuses the result rather than report an overflowed one.
 fn acc_dd(a: ptr<function, Acc>, d: Dd) {
     if (!d.ok) { (*a).flag = 1u; return; }
-    (*a).sum = dd_add((*a).sum, d.v);
-    (*a).sq = dd_add((*a).sq, dd_square(d.v));
+    let sum = dd_add((*a).sum, d.v);
+    let sq = dd_add((*a).sq, dd_square(d.v));
+    if (!f_is_finite(sum.x) || !f_is_finite(sq.x)) { (*a).flag = 1u; return; }
+    (*a).sum = sum;
+    (*a).sq = sq;
 }
 fn acc_f32(a: ptr<function, Acc>, x: f32, p: f32) {
     if (f_is_nan(x)) { (*a).nan = (*a).nan + 1u; return; }

@@ -486,7 +486,7 @@ fn block_stats(dom: Domain, c: &[u32], w: &[u32]) -> Result<BlockStats> {
     let (cnt, nan, pinf, ninf, flag) = (c[0] as u64, c[1] as u64, c[2] as u64, c[3] as u64, c[4]);
     if flag != 0 {
         return Err(Error::Unsupported(
-            "values the wgpu kernel cannot sum exactly (f64 beyond the f32 range, or integers beyond ±2^63); run with --device cpu".into(),
+            "values the wgpu kernel cannot sum exactly (differences from the first value beyond about 1.8e19, whose squares leave the f32 range, or integers beyond ±2^63); run with --device cpu".into(),
         ));
     }
     let f = |j: usize| f32::from_bits(w[j]) as f64;
