@@ -98,6 +98,9 @@ pub fn upload_limit(device: &crate::Device, ds: &Dataset, columns: &[usize], rep
             }
             Ok(Some(bytes as f64 / best.max(1e-9)))
         }
-        _ => Ok(None),
+        _ => {
+            let _ = (ds, columns, reps);
+            Ok(None)
+        }
     }
 }

@@ -313,6 +313,11 @@ impl Ctx {
         Ok(Dataset::open_many(paths, self.raw.unwrap_or(FileKind::Auto))?)
     }
 
+    /// The device of a benchmark: `auto` takes the best device whatever the input's size.
+    fn bench_device(&self) -> Device {
+        if self.auto { Device::auto() } else { self.device.clone() }
+    }
+
     /// Runs a query on the device. Under `--device auto` the device depends on the input's
     /// size, and a GPU that fails or cannot run the query is reported on stderr and the whole
     /// query runs again on the CPU (an output file is rewritten from scratch). With an
@@ -356,7 +361,9 @@ impl Ctx {
 
 fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
     let g = &cli.global;
-    let device = Device::from_name(&g.device)?;
+    // `auto` is resolved per input (small inputs stay on the CPU), so that commands that
+    // need no device never start a GPU driver.
+    let device = if g.device == "auto" { Device::Cpu } else { Device::from_name(&g.device)? };
     // --threads sizes the global pool once, rather than a pool per pass.
     let pooled = g.threads.is_some_and(|n| rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().is_ok());
     let threads = if pooled { None } else { g.threads };
@@ -785,7 +792,7 @@ fn demo(ctx: &Ctx, rows: Option<u64>) -> Result<()> {
     let floats: Vec<usize> = (0..cols).map(|j| ds.column_index(&format!("f{j}"))).collect::<tilestream::Result<_>>()?;
     let _ = tilestream::limits::read_limit(&ds, &floats, 1);
     let limit = tilestream::limits::read_limit(&ds, &floats, 2);
-    let dev = &ctx.device;
+    let dev = &ctx.bench_device();
     let opts = &ctx.opts;
     let mut rows_out = Vec::new();
     let bytes = |names: &[&str]| -> u64 { names.iter().filter_map(|n| ds.column_index(n).ok()).map(|c| ds.column_bytes(&[c])).sum() };
@@ -865,7 +872,7 @@ fn bench(ctx: &Ctx, rows: Option<u64>, dir: Option<&Path>, given: Option<&Path>,
     let floats: Vec<usize> = (0..cols).map(|j| idx(&format!("f{j}"))).collect::<tilestream::Result<_>>()?;
     let key = idx("key")?;
     let all: Vec<String> = (0..cols).map(|j| format!("f{j}")).collect();
-    let dev = &ctx.device;
+    let dev = &ctx.bench_device();
     let opts = &ctx.opts;
     let best = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
         let mut b = f64::INFINITY;
