@@ -13,23 +13,35 @@ var<workgroup> wg_ballot: array<atomic<u32>, 24>;
 var<workgroup> wg_sum: array<vec4<f32>, 256>;
 var<workgroup> wg_key: array<vec4<u32>, 256>;
 
-// Merges every thread's statistic and writes the block's partial at word q (thread 0
-// writes). Called in uniform control flow: it holds workgroup barriers.
-fn reduce_stat(a: Acc, piv: vec2<u32>, lid: u32, q: u32) {
-    wg_sum[lid] = vec4<f32>(a.sum, a.sq);
-    wg_key[lid] = vec4<u32>(a.mn, a.mx);
+// Merges every thread's (min key, max key) pair into wg_key[0]. Called in uniform control
+// flow: it holds workgroup barriers.
+fn reduce_keys(lid: u32, mn: vec2<u32>, mx: vec2<u32>) {
+    wg_key[lid] = vec4<u32>(mn, mx);
     workgroupBarrier();
     for (var w = 128u; w > 0u; w = w >> 1u) {
         if (lid < w) {
-            let x = wg_sum[lid];
-            let y = wg_sum[lid + w];
-            wg_sum[lid] = vec4<f32>(dd_add(x.xy, y.xy), dd_add(x.zw, y.zw));
             let kx = wg_key[lid];
             let ky = wg_key[lid + w];
             wg_key[lid] = vec4<u32>(key_min(kx.xy, ky.xy), key_max(kx.zw, ky.zw));
         }
         workgroupBarrier();
     }
+}
+
+// Merges every thread's statistic and writes the block's partial at word q (thread 0
+// writes). Called in uniform control flow: it holds workgroup barriers.
+fn reduce_stat(a: Acc, piv: vec2<u32>, lid: u32, q: u32) {
+    wg_sum[lid] = vec4<f32>(a.sum, a.sq);
+    workgroupBarrier();
+    for (var w = 128u; w > 0u; w = w >> 1u) {
+        if (lid < w) {
+            let x = wg_sum[lid];
+            let y = wg_sum[lid + w];
+            wg_sum[lid] = vec4<f32>(dd_add(x.xy, y.xy), dd_add(x.zw, y.zw));
+        }
+        workgroupBarrier();
+    }
+    reduce_keys(lid, a.mn, a.mx);
     if (lid == 0u) {
         let s = wg_sum[0];
         let k = wg_key[0];
@@ -45,16 +57,7 @@ fn reduce_stat(a: Acc, piv: vec2<u32>, lid: u32, q: u32) {
         part[q + 9u] = k.w;
     }
     workgroupBarrier();
-    wg_key[lid] = vec4<u32>(a.fmn, a.fmx);
-    workgroupBarrier();
-    for (var w = 128u; w > 0u; w = w >> 1u) {
-        if (lid < w) {
-            let kx = wg_key[lid];
-            let ky = wg_key[lid + w];
-            wg_key[lid] = vec4<u32>(key_min(kx.xy, ky.xy), key_max(kx.zw, ky.zw));
-        }
-        workgroupBarrier();
-    }
+    reduce_keys(lid, a.fmn, a.fmx);
     if (lid == 0u) {
         let k = wg_key[0];
         part[q + 10u] = k.x;

@@ -518,8 +518,8 @@ fn run_block_impl(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scra
     Ok(part)
 }
 
-/// True when an output is the input column's bytes unchanged.
-fn is_raw_copy(spec: &OutSpec, dtype: DType) -> bool {
+/// True when an output is the input column's bytes unchanged (every backend copies those).
+pub(crate) fn is_raw_copy(spec: &OutSpec, dtype: DType) -> bool {
     spec.scale.is_none() && spec.dtype == dtype && (spec.fill_nan.is_none() || !dtype.is_float())
 }
 

@@ -256,7 +256,8 @@ pub(crate) struct Ticket {
     part_bytes: u64,
     atom_bytes: u64,
     part_mapped: MapStatus,
-    atom_mapped: MapStatus,
+    /// None when nothing is read back from the atomic buffer.
+    atom_mapped: Option<MapStatus>,
 }
 
 impl Backend for Wgpu {
@@ -373,9 +374,13 @@ impl Backend for Wgpu {
         }
         q.write_buffer(&slot.params, 0, bytemuck::cast_slice(&[rows as u32, blocks as u32, 0, 0]));
         let part_bytes = blocks * k.part_words * 4;
-        let atom_bytes = k.atom_words * 4;
+        // The atomic buffer holds histogram counts and outputs (cleared, read back) or, for a
+        // group-by, only scratch that the kernel writes before it reads (neither).
+        let atom_bytes = if k.hist_offsets.is_empty() && k.out_offsets.is_empty() { 0 } else { k.atom_words * 4 };
         let mut enc = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tilestream tile") });
-        enc.clear_buffer(&slot.atom, 0, None);
+        if atom_bytes > 0 {
+            enc.clear_buffer(&slot.atom, 0, None);
+        }
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("tilestream fused"), timestamp_writes: None });
             pass.set_pipeline(&prep.pipeline);
@@ -383,7 +388,9 @@ impl Backend for Wgpu {
             pass.dispatch_workgroups(blocks as u32, k.sweeps as u32, 1);
         }
         enc.copy_buffer_to_buffer(&slot.part, 0, &slot.part_read, 0, part_bytes);
-        enc.copy_buffer_to_buffer(&slot.atom, 0, &slot.atom_read, 0, atom_bytes);
+        if atom_bytes > 0 {
+            enc.copy_buffer_to_buffer(&slot.atom, 0, &slot.atom_read, 0, atom_bytes);
+        }
         let index = q.submit([enc.finish()]);
         let map = |buf: &wgpu::Buffer, bytes: u64| -> MapStatus {
             let status: MapStatus = Arc::new(Mutex::new(None));
@@ -396,22 +403,28 @@ impl Backend for Wgpu {
             status
         };
         let part_mapped = map(&slot.part_read, part_bytes);
-        let atom_mapped = map(&slot.atom_read, atom_bytes);
+        let atom_mapped = (atom_bytes > 0).then(|| map(&slot.atom_read, atom_bytes));
         self.gpu.check()?;
         Ok(Ticket { slot: slot_index, index, rows, blocks, part_bytes, atom_bytes, part_mapped, atom_mapped })
     }
 
     fn collect(&self, prep: &Prepared, t: Ticket, out: Option<&mut TileOut>) -> Result<TileResult> {
         let slot = &prep.slots[t.slot];
-        let part = self.read(&slot.part_read, t.part_bytes, &t.part_mapped, &t.index)?;
-        let atom = self.read(&slot.atom_read, t.atom_bytes, &t.atom_mapped, &t.index)?;
-        decode(prep, t.rows, t.blocks, &part, &atom, out)
+        self.wait_mapped(&t.part_mapped, &t.index)?;
+        if let Some(m) = &t.atom_mapped {
+            self.wait_mapped(m, &t.index)?;
+        }
+        // Decode straight from the mapped read-back buffers, then unmap them (also on errors).
+        self.with_words(&slot.part_read, t.part_bytes, |part| match t.atom_mapped {
+            None => decode(prep, t.rows, t.blocks, part, &[], out),
+            Some(_) => self.with_words(&slot.atom_read, t.atom_bytes, |atom| decode(prep, t.rows, t.blocks, part, atom, out)),
+        })
     }
 }
 
 impl Wgpu {
-    /// Waits for a read-back buffer's mapping, copies `bytes` out as words and unmaps it.
-    fn read(&self, buf: &wgpu::Buffer, bytes: u64, mapped: &MapStatus, index: &wgpu::SubmissionIndex) -> Result<Vec<u32>> {
+    /// Waits until a read-back buffer's mapping has completed.
+    fn wait_mapped(&self, mapped: &MapStatus, index: &wgpu::SubmissionIndex) -> Result<()> {
         let name = &self.gpu.name;
         let start = std::time::Instant::now();
         let mut waited = false;
@@ -434,15 +447,20 @@ impl Wgpu {
             std::thread::sleep(std::time::Duration::from_micros(200));
             self.gpu.device.poll(wgpu::PollType::Poll).map_err(|e| device_error(name, format!("waiting for the GPU: {e}")))?;
         };
-        if let Err(e) = status {
-            return Err(device_error(name, format!("reading results back: {e}")));
-        }
-        let words = {
-            let view = buf.get_mapped_range(0..bytes).map_err(|e| device_error(name, format!("reading results back: {e}")))?;
-            bytemuck::cast_slice::<u8, u32>(&view).to_vec()
+        status.map_err(|e| device_error(name, format!("reading results back: {e}")))
+    }
+
+    /// Runs `f` on the first `bytes` of a mapped read-back buffer, as words, then unmaps it.
+    fn with_words<T>(&self, buf: &wgpu::Buffer, bytes: u64, f: impl FnOnce(&[u32]) -> Result<T>) -> Result<T> {
+        let res = match buf.get_mapped_range(0..bytes) {
+            Ok(view) => match bytemuck::try_cast_slice::<u8, u32>(&view) {
+                Ok(words) => f(words),
+                Err(e) => Err(device_error(&self.gpu.name, format!("reading results back: {e}"))),
+            },
+            Err(e) => Err(device_error(&self.gpu.name, format!("reading results back: {e}"))),
         };
         buf.unmap();
-        Ok(words)
+        res
     }
 }
 

@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 
 use crate::accum::{Outside, bin_of, bin_scale};
+use crate::backend::cpu::is_raw_copy;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::{Cmp, Op, VType};
@@ -156,9 +157,16 @@ fn words(rows: u64, dtype: DType) -> u64 {
     (rows * dtype.size() as u64).div_ceil(4)
 }
 
-/// Whether an output is its input column's bytes unchanged (as on the CPU).
-pub(crate) fn is_raw_copy(spec: &OutSpec, dtype: DType) -> bool {
-    spec.scale.is_none() && spec.dtype == dtype && (spec.fill_nan.is_none() || !dtype.is_float())
+/// The offset of each input column after `start` words, for tiles of `cap_rows` rows, and
+/// the words used in all.
+fn column_offsets(dtypes: &[DType], cap_rows: u64, start: u64) -> (Vec<u64>, u64) {
+    let mut offsets = Vec::with_capacity(dtypes.len());
+    let mut at = start;
+    for &d in dtypes {
+        offsets.push(at);
+        at += words(cap_rows, d);
+    }
+    (offsets, at.max(1))
 }
 
 fn unsupported(what: impl Into<String>) -> Error {
@@ -191,13 +199,7 @@ pub(crate) fn generate_with_keys(prog: &FusedProgram, dtypes: &[DType], cap_rows
         hist_domains.push(dom);
         thresholds.extend(histogram_thresholds(h, dom));
     }
-    let mut slot_offsets = Vec::new();
-    let mut at = thresholds.len() as u64;
-    for &d in dtypes {
-        slot_offsets.push(at);
-        at += words(cap_rows, d);
-    }
-    let inp_words = at.max(1);
+    let (slot_offsets, inp_words) = column_offsets(dtypes, cap_rows, thresholds.len() as u64);
 
     // Atomic buffer: histogram counts, then output columns.
     let mut hist_offsets = Vec::new();
@@ -217,12 +219,7 @@ pub(crate) fn generate_with_keys(prog: &FusedProgram, dtypes: &[DType], cap_rows
 
     let mut stat_domains = Vec::new();
     let mut fields = String::new();
-    let mut eval = String::new();
-    for (r, ins) in prog.instrs.iter().enumerate() {
-        let (ty, e) = g.instr(r, ins, &slot_offsets)?;
-        let _ = writeln!(eval, "    let r{r}: {ty} = {e};");
-    }
-    let _ = writeln!(eval, "    row.mask = {};", prog.mask.map_or("true".to_string(), |m| format!("r{m}")));
+    let mut eval = g.row_prelude(&slot_offsets)?;
     for (i, src) in prog.stats.iter().enumerate() {
         let (dom, e) = g.source_value_at(*src, &slot_offsets)?;
         stat_domains.push(dom);
@@ -415,12 +412,7 @@ impl Gen<'_> {
         if !prog.hists.is_empty() || !prog.outputs.is_empty() {
             return Err(unsupported("histograms or output columns in a group-by"));
         }
-        let mut slot_offsets = Vec::new();
-        let mut at = 0u64;
-        for &d in self.dtypes {
-            slot_offsets.push(at);
-            at += words(cap_rows, d);
-        }
+        let (slot_offsets, inp_words) = column_offsets(self.dtypes, cap_rows, 0);
         let (lo, hi) = match (self.dtypes[key], keys) {
             (DType::U8 | DType::Bool, _) => (0, 255),
             (DType::I8, _) => (-128, 127),
@@ -434,12 +426,7 @@ impl Gen<'_> {
         let sweeps = span.div_ceil(GROUP_SLOTS);
         let code = self.int_load(key, &slot_offsets, true)?;
         let mut fields = String::new();
-        let mut eval = String::new();
-        for (r, ins) in prog.instrs.iter().enumerate() {
-            let (ty, e) = self.instr(r, ins, &slot_offsets)?;
-            let _ = writeln!(eval, "    let r{r}: {ty} = {e};");
-        }
-        let _ = writeln!(eval, "    row.mask = {};", prog.mask.map_or("true".to_string(), |m| format!("r{m}")));
+        let mut eval = self.row_prelude(&slot_offsets)?;
         let _ = writeln!(eval, "    row.key = {code};");
         let (mut decl, mut stage, mut acc, mut write) = (String::new(), String::new(), String::new(), String::new());
         let mut stat_domains = Vec::new();
@@ -495,7 +482,7 @@ impl Gen<'_> {
         Ok(Kernel {
             source,
             slot_offsets,
-            inp_words: at.max(1),
+            inp_words,
             thresholds: Vec::new(),
             part_words: sweeps * GROUP_SLOTS * group_words,
             counters: 0,
@@ -507,6 +494,17 @@ impl Gen<'_> {
             group_base: Some(lo),
             sweeps,
         })
+    }
+
+    /// The start of `eval_row`: every register, then the filter mask.
+    fn row_prelude(&self, offs: &[u64]) -> Result<String> {
+        let mut eval = String::new();
+        for (r, ins) in self.prog.instrs.iter().enumerate() {
+            let (ty, e) = self.instr(r, ins, offs)?;
+            let _ = writeln!(eval, "    let r{r}: {ty} = {e};");
+        }
+        let _ = writeln!(eval, "    row.mask = {};", self.prog.mask.map_or("true".to_string(), |m| format!("r{m}")));
+        Ok(eval)
     }
 
     /// A register's WGSL type.
