@@ -98,6 +98,8 @@ pub fn upload_limit(device: &crate::Device, ds: &Dataset, columns: &[usize], rep
             }
             Ok(Some(bytes as f64 / best.max(1e-9)))
         }
+        #[cfg(feature = "cuda")]
+        crate::Device::Cuda(i) => Ok(Some(crate::backend::cuda::bandwidths(*i, ds.column_bytes(columns), reps)?.0)),
         _ => {
             let _ = (ds, columns, reps);
             Ok(None)

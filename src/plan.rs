@@ -259,6 +259,10 @@ pub(crate) fn run_pass(
         Device::Wgpu(i) => exec::run(&crate::backend::wgpu::Wgpu::new(*i)?, prog, ds, opts, sink),
         #[cfg(not(feature = "wgpu"))]
         Device::Wgpu(i) => Err(Error::BackendUnavailable { device: format!("wgpu:{i}"), reason: "the `wgpu` feature is off".into() }),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => exec::run(&crate::backend::cuda::Cuda::new(*i)?, prog, ds, opts, sink),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(i) => Err(Error::BackendUnavailable { device: format!("cuda:{i}"), reason: "the `cuda` feature is off".into() }),
     }
 }
 

@@ -2,6 +2,16 @@
 //! streaming driver (`exec::run`) runs every query through.
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_emu_tests;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda_gen;
+#[cfg(feature = "cuda")]
+pub(crate) mod nvrtc;
+#[cfg(all(test, any(feature = "wgpu", feature = "cuda")))]
+pub(crate) mod test_corpus;
 #[cfg(feature = "wgpu")]
 pub(crate) mod wgpu;
 #[cfg(feature = "wgpu")]
@@ -10,6 +20,8 @@ pub(crate) mod wgsl;
 use std::ops::Range;
 
 use crate::accum::{BlockStats, HistAcc};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::program::FusedProgram;
 use crate::source::Dataset;
@@ -26,18 +38,25 @@ pub enum Device {
     /// The wgpu adapter with this index (`tilestream devices` lists them): Vulkan, Metal
     /// or DX12.
     Wgpu(usize),
+    /// The CUDA device with this ordinal: kernels compiled by NVRTC for its architecture.
+    Cuda(usize),
 }
 
 impl Device {
-    /// The best device present: a real (non-software) GPU through wgpu, discrete before
+    /// The best device present: a CUDA device that initializes (with an NVRTC that fits
+    /// its driver), else a real (non-software) GPU through wgpu, discrete before
     /// integrated, else the CPU. Never a CPU or software adapter, unless the environment
-    /// variable `TILESTREAM_AUTO_GPU=wgpu:N` names one (for tests, or to pin an adapter).
+    /// variable `TILESTREAM_AUTO_GPU=wgpu:N` (or `cuda:N`) names one (for tests, or to pin
+    /// a device).
     pub fn auto() -> Device {
-        #[cfg(feature = "wgpu")]
         if let Ok(name) = std::env::var("TILESTREAM_AUTO_GPU")
-            && let Ok(d @ Device::Wgpu(_)) = wgpu_named(&name, name.strip_prefix("wgpu:"))
+            && let Ok(d @ (Device::Wgpu(_) | Device::Cuda(_))) = Device::from_name(&name)
         {
             return d;
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(i) = cuda::best() {
+            return Device::Cuda(i);
         }
         #[cfg(feature = "wgpu")]
         if let Some(i) = wgpu::best_hardware() {
@@ -64,10 +83,7 @@ impl Device {
             ("auto", None) => Ok(Device::auto()),
             ("cpu", None) => Ok(Device::Cpu),
             ("wgpu", _) => wgpu_named(name, index),
-            ("cuda", _) => Err(Error::BackendUnavailable {
-                device: name.to_string(),
-                reason: "the cuda backend is not built into this version of tilestream yet".to_string(),
-            }),
+            ("cuda", _) => cuda_named(name, index),
             _ => Err(Error::plan(format!("unknown device `{name}`: expected auto, cpu, wgpu[:N] or cuda[:N]"))),
         }
     }
@@ -83,13 +99,23 @@ impl Device {
             },
             #[cfg(not(feature = "wgpu"))]
             Device::Wgpu(i) => format!("wgpu:{i}"),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => match cuda::driver().ok().and_then(|d| d.devices.get(*i)) {
+                Some(info) => format!("cuda:{i} {}", info.name),
+                None => format!("cuda:{i}"),
+            },
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(i) => format!("cuda:{i}"),
         }
     }
 
     /// Every device found on this machine, with a line on why `auto` does or does not pick it.
     pub fn survey() -> Vec<(String, String)> {
         let mut v = vec![("cpu".to_string(), format!("{} threads, vector code: {}", rayon::current_num_threads(), cpu::simd_level()))];
-        v.push(("cuda".to_string(), "not built into this version (the CUDA backend is planned)".to_string()));
+        #[cfg(feature = "cuda")]
+        v.extend(cuda::survey());
+        #[cfg(not(feature = "cuda"))]
+        v.push(("cuda".to_string(), "not built in (the `cuda` feature is off)".to_string()));
         #[cfg(feature = "wgpu")]
         {
             let list = wgpu::adapters();
@@ -126,9 +152,59 @@ fn wgpu_named(name: &str, index: Option<&str>) -> Result<Device> {
     }
 }
 
+#[cfg(feature = "cuda")]
+fn cuda_named(name: &str, index: Option<&str>) -> Result<Device> {
+    let n = cuda::driver().map_err(|reason| Error::BackendUnavailable { device: name.to_string(), reason })?.devices.len();
+    match index.map(|i| i.parse::<usize>()) {
+        None => Ok(Device::Cuda(0)),
+        Some(Ok(i)) if i < n => Ok(Device::Cuda(i)),
+        Some(Ok(_)) => Err(Error::BackendUnavailable {
+            device: name.to_string(),
+            reason: format!("there are {n} CUDA devices on this machine (`tilestream devices` lists them)"),
+        }),
+        Some(Err(_)) => Err(Error::plan(format!("unknown device `{name}`: N in cuda:N must be a device number"))),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_named(name: &str, _index: Option<&str>) -> Result<Device> {
+    Err(Error::BackendUnavailable { device: name.to_string(), reason: "this build of tilestream has the `cuda` feature off".to_string() })
+}
+
 #[cfg(not(feature = "wgpu"))]
 fn wgpu_named(name: &str, _index: Option<&str>) -> Result<Device> {
     Err(Error::BackendUnavailable { device: name.to_string(), reason: "this build of tilestream has the `wgpu` feature off".to_string() })
+}
+
+/// The smallest and largest value of an integer key column (a host pass over the column):
+/// a GPU group-by sizes its key sweeps from it. `device` names the backend in errors.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub(crate) fn key_range(ds: &Dataset, col: usize, device: &str) -> Result<(i64, i64)> {
+    let c = &ds.columns()[col];
+    let span = ds.column_span(col, 0, ds.rows());
+    let stride = c.stride as usize;
+    let at = |r: usize| -> Option<i64> {
+        let b = &span[r * stride..r * stride + c.dtype.size()];
+        Some(match c.dtype {
+            DType::I8 => b[0] as i8 as i64,
+            DType::U8 | DType::Bool => b[0] as i64,
+            DType::I16 => i16::from_le_bytes([b[0], b[1]]) as i64,
+            DType::U16 => u16::from_le_bytes([b[0], b[1]]) as i64,
+            DType::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64,
+            DType::U32 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64,
+            DType::I64 => i64::from_le_bytes(b.try_into().ok()?),
+            DType::U64 => i64::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok()?,
+            _ => return None,
+        })
+    };
+    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+    for r in 0..ds.rows() as usize {
+        let v = at(r).ok_or_else(|| Error::Unsupported(format!("group-by on a {} key beyond i64 on the {device} backend", c.dtype)))?;
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    ds.check_faults()?;
+    Ok(if lo > hi { (0, 0) } else { (lo, hi) })
 }
 
 /// What one tile of a query produced: one partial per block of rows, in row order, plus

@@ -288,7 +288,7 @@ impl Backend for Wgpu {
     fn prepare(&self, prog: &FusedProgram, ds: &Dataset, tile_rows: u64) -> Result<Prepared> {
         let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
         let keys = match prog.key {
-            Some(k) if dtypes[k].size() > 1 => Some(key_range(ds, prog.inputs[k])?),
+            Some(k) if dtypes[k].size() > 1 => Some(crate::backend::key_range(ds, prog.inputs[k], "wgpu")?),
             _ => None,
         };
         let kernel = wgsl::generate_with_keys(prog, &dtypes, tile_rows, keys)?;
@@ -544,32 +544,6 @@ fn block_stats(dom: Domain, c: &[u32], w: &[u32]) -> Result<BlockStats> {
 
 /// The smallest and largest value of an integer key column (a pass over the key column on
 /// the host: the group-by kernel takes keys in sweeps of 256 from the smallest).
-fn key_range(ds: &Dataset, col: usize) -> Result<(i64, i64)> {
-    let c = &ds.columns()[col];
-    let span = ds.column_span(col, 0, ds.rows());
-    let stride = c.stride as usize;
-    let at = |r: usize| -> Option<i64> {
-        let b = &span[r * stride..r * stride + c.dtype.size()];
-        Some(match c.dtype {
-            DType::I16 => i16::from_le_bytes([b[0], b[1]]) as i64,
-            DType::U16 => u16::from_le_bytes([b[0], b[1]]) as i64,
-            DType::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64,
-            DType::U32 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64,
-            DType::I64 => i64::from_le_bytes(b.try_into().ok()?),
-            DType::U64 => i64::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok()?,
-            _ => return None,
-        })
-    };
-    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-    for r in 0..ds.rows() as usize {
-        let v = at(r).ok_or_else(|| Error::Unsupported(format!("group-by on a {} key beyond i64 on the wgpu backend", c.dtype)))?;
-        lo = lo.min(v);
-        hi = hi.max(v);
-    }
-    ds.check_faults()?;
-    Ok(if lo > hi { (0, 0) } else { (lo, hi) })
-}
-
 /// The partials of a group-by tile: per unit, the keys that saw rows.
 fn decode_groups(k: &Kernel, base: i64, units: u64, part: &[u32]) -> Result<TileResult> {
     let per_slot = (k.part_words / k.sweeps / wgsl::GROUP_SLOTS) as usize;

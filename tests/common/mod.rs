@@ -161,9 +161,29 @@ pub fn gpu_device() -> Option<tilestream::Device> {
     }
 }
 
-/// The CPU, then the wgpu adapter if there is one.
+/// The CUDA device, if there is one (else prints why the test skips it). With
+/// `REQUIRE_CUDA=1` (the GPU check script) a missing device fails the test.
+pub fn cuda_device() -> Option<tilestream::Device> {
+    match tilestream::Device::from_name("cuda") {
+        Ok(d) => Some(d),
+        Err(e) => {
+            if std::env::var("REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+                panic!("REQUIRE_CUDA=1 but there is no CUDA device: {e}");
+            }
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// Every GPU: the wgpu adapter and the CUDA device, where there are.
+pub fn gpu_devices() -> Vec<tilestream::Device> {
+    gpu_device().into_iter().chain(cuda_device()).collect()
+}
+
+/// The CPU, then every GPU.
 pub fn all_devices() -> Vec<tilestream::Device> {
     let mut v = vec![tilestream::Device::Cpu];
-    v.extend(gpu_device());
+    v.extend(gpu_devices());
     v
 }

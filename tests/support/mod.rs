@@ -150,7 +150,7 @@ pub fn run_in<S: AsRef<OsStr>>(args: &[S], dir: Option<&Path>) -> Run {
 #[path = "../common/mod.rs"]
 mod common;
 #[allow(unused_imports)]
-pub use common::{TempDir, gpu_device, seed};
+pub use common::{TempDir, gpu_device, gpu_devices, seed};
 
 /// Whether `python3` can import numpy. Without it the numpy checks are skipped (printed),
 /// unless `REQUIRE_NUMPY=1`, which turns the skip into a failure.
