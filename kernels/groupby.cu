@@ -1,6 +1,8 @@
 // The group-by kernel. Thread block (u, s) handles unit u (UNIT_ROWS rows of the tile)
 // for the WG keys of sweep s: thread t owns key `base + s * WG + t`. The unit's rows are
-// evaluated WG at a time into shared memory, then every thread scans them in row order and
+// evaluated STAGE at a time into shared memory (STAGE <= WG, smaller when there are many
+// statistics, so that the stage fits in shared memory), then every thread scans them in
+// row order and
 // accumulates the rows of its key, so each key's sums run in row order (its pivot is its
 // first finite value). Thread t writes one record of REC_WORDS words: the key's rows, then
 // 12 words per statistic. The generated parts replace the `//@` lines.
@@ -13,25 +15,25 @@ extern "C" __global__ void __launch_bounds__(WG) groupby(const u8* __restrict__ 
     const u32 r0 = blockIdx.x * UNIT_ROWS;
     const u32 n = rows - r0 < UNIT_ROWS ? rows - r0 : UNIT_ROWS;
     const i64 mine = base + (i64)blockIdx.y * WG + (i64)lid;
-    __shared__ i64 sh_key[WG];
-    __shared__ u8 sh_sel[WG];
+    __shared__ i64 sh_key[STAGE];
+    __shared__ u8 sh_sel[STAGE];
 //@STAGE_DECL
     u64 grows = 0;
 //@ACC_INIT
     #pragma unroll 1
-    for (u32 c = 0; c < n; c += WG) {
+    for (u32 c = 0; c < n; c += STAGE) {
         const u32 j = c + lid;
         bool sel = false;
-        if (j < n) {
+        if (lid < STAGE && j < n) {
             Row row;
             eval_row(in, r0 + j, row);
             sel = row.mask;
             sh_key[lid] = row.key;
 //@STAGE
         }
-        sh_sel[lid] = sel ? 1 : 0;
+        if (lid < STAGE) sh_sel[lid] = sel ? 1 : 0;
         __syncthreads();
-        const u32 m = n - c < WG ? n - c : WG;
+        const u32 m = n - c < STAGE ? n - c : STAGE;
         for (u32 t = 0; t < m; t++) {
             if (sh_sel[t] != 0 && sh_key[t] == mine) {
                 grows++;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a run on a lent GPU machine (see scripts/gpu-check.sh), here, where Rust is:
-# builds the binary and the GPU test binaries into .gpu/ and downloads the Vulkan loader
+# builds the binary and the GPU test binaries into .gpu/ (with scripts/gpu-peer.py, the
+# PyTorch peer of the benchmark) and downloads the Vulkan loader
 # into .gl/ (the GPU machine has the NVIDIA driver but may lack the loader, and has no Rust
 # and no network). Both folders are kept out of git; name them in the run's `carry`.
 set -euo pipefail
@@ -10,13 +11,14 @@ grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo /.gl/ >> .git/info/exclud
 rm -rf .gpu && mkdir -p .gpu .gl /tmp/amd64/partial
 cargo build --release
 cp target/release/tilestream .gpu/
-# Test binaries: the wgpu suite and the cross-device equivalence suite.
-for t in wgpu equivalence; do
+# Test binaries: the GPU suite (wgpu and CUDA) and the cross-device equivalence suite.
+for t in gpu equivalence; do
   exe=$(cargo test --release --test "$t" --no-run --message-format=json 2>/dev/null \
         | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
   cp "$exe" ".gpu/$t"
 done
 strip .gpu/* 2>/dev/null || true
+cp scripts/gpu-peer.py .gpu/
 if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
   o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
   apt-get $o update -qq

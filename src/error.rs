@@ -52,6 +52,15 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A device had too little memory for a query's buffers. The streaming driver retries
+    /// with smaller tiles before it reports this.
+    #[error("device {device} is out of memory: {message}")]
+    DeviceOutOfMemory {
+        /// The device.
+        device: String,
+        /// What could not be allocated.
+        message: String,
+    },
     /// A generated kernel did not compile on a device (a bug in tilestream: please report it).
     #[error("device {device} could not compile the query's kernel: {message}")]
     Compile {

@@ -112,8 +112,15 @@ pub(crate) fn run<B: Backend>(
         )));
     }
     let rows = ds.rows();
-    let tile = backend.tile_rows(prog, ds, opts.memory_budget);
-    let prep = backend.prepare(prog, ds, tile)?;
+    let mut tile = backend.tile_rows(prog, ds, opts.memory_budget);
+    // A device short of memory gets smaller tiles, down to one unit, before it fails.
+    let unit = unit_rows(prog);
+    let prep = loop {
+        match backend.prepare(prog, ds, tile) {
+            Err(Error::DeviceOutOfMemory { .. }) if tile > unit => tile = (tile / 2 / unit).max(1) * unit,
+            r => break r?,
+        }
+    };
     let mut out = PassOutput {
         stats: vec![StatsAcc::default(); prog.stats.len()],
         hists: prog.hists.iter().map(|h| HistAcc::new(h.bins)).collect(),

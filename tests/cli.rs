@@ -1192,6 +1192,58 @@ fn auto_reruns_on_the_cpu_what_the_gpu_cannot_run() {
     assert_eq!(serde_json::from_str::<Value>(stdout.trim()).expect("JSON"), cpu, "the CPU's answer");
 }
 
+/// A GPU that fails mid-run (a failure injected at tile 1 through `TILESTREAM_GPU_FAULT`):
+/// under `auto` the whole query reruns on the CPU with a note on stderr and writes the CPU's
+/// bytes; with the device named it exits 2 and leaves nothing at OUT. A device out of memory
+/// at the start gets smaller tiles and finishes.
+#[test]
+fn gpu_faults_fall_back_or_fail_cleanly() {
+    for gpu in gpu_devices() {
+        let dev = match gpu {
+            tilestream::Device::Wgpu(i) => format!("wgpu:{i}"),
+            tilestream::Device::Cuda(i) => format!("cuda:{i}"),
+            other => unreachable!("gpu_devices returns GPUs, not {other:?}"),
+        };
+        let dir = TempDir::new(&format!("cli-fault-{}", dev.replace(':', "-")));
+        // Over GPU_MIN_BYTES, so that `auto` takes the GPU (pinned by TILESTREAM_AUTO_GPU).
+        let g = gen_data(&dir, "big.safetensors", 2_200_000, 8, 5);
+        let args = |out: &str| -> Vec<String> {
+            ["transform", &g.path, "-o", out, "--where", "f0 > 0.3", "--clip", "f1=0.1:0.9", "--fill-nan", "0", "--cast", "bf16", "--json"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        };
+        let cpu_out = dir.s("cpu.safetensors");
+        run(&[&args(&cpu_out)[..], &["--device".to_string(), "cpu".to_string()]].concat()).ok();
+        let want = std::fs::read(&cpu_out).expect("cpu output");
+        let with_fault = |out: &str, extra: &[&str], fault: &str| {
+            let mut cmd = Command::new(support::bin());
+            cmd.args(args(out)).args(extra).env("TILESTREAM_AUTO_GPU", &dev).env("TILESTREAM_GPU_FAULT", fault);
+            let o = cmd.output().expect("run tilestream");
+            (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+        };
+        // auto: the failure is reported and the CPU's answer written.
+        let out = dir.s("auto.safetensors");
+        let (code, _, err) = with_fault(&out, &["--memory-budget", "8MiB"], "tile:1");
+        assert_eq!(code, Some(0), "{dev}: auto must fall back: {err}");
+        assert!(err.contains("injected failure") && err.contains("running it again on the CPU"), "{dev}: auto says why: {err}");
+        assert!(std::fs::read(&out).is_ok_and(|b| b == want), "{dev}: auto wrote the CPU's bytes");
+        // The device named: exit 2 with the reason, nothing at OUT.
+        let bad = dir.s("explicit.safetensors");
+        let (code, _, err) = with_fault(&bad, &["--memory-budget", "8MiB", "--device", &dev], "tile:1");
+        assert_eq!(code, Some(2), "{dev}: {err}");
+        assert!(err.contains("injected failure") && err.lines().count() == 1, "{dev}: one line with the reason: {err}");
+        assert!(!std::path::Path::new(&bad).exists(), "{dev}: nothing at OUT after a failure");
+        // Out of memory for tiles over 65,536 rows: smaller tiles, the same bytes.
+        let small = dir.s("oom.safetensors");
+        let (code, stdout, err) = with_fault(&small, &["--memory-budget", "64MiB", "--device", &dev], "oom:65536");
+        assert_eq!(code, Some(0), "{dev}: out of memory at the start must shrink the tiles: {err}");
+        let j: Value = serde_json::from_str(stdout.trim()).expect("JSON");
+        assert!(j["tiles"].as_u64().is_some_and(|t| t >= 2_200_000 / 65_536), "{dev}: tiles of at most 65,536 rows: {j}");
+        assert!(std::fs::read(&small).is_ok_and(|b| b == want), "{dev}: smaller tiles wrote the CPU's bytes");
+    }
+}
+
 #[test]
 fn help_for_every_subcommand() {
     let top = run(&["--help"]);

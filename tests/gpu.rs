@@ -331,3 +331,27 @@ fn group_by_on_wide_keys_matches_the_cpu() {
         }
     }
 }
+
+/// Without a CUDA driver (CI, most machines): a typed error naming the reason, never a
+/// panic; `auto` does not pick CUDA; `devices` says why. With one: `cuda` names device 0.
+#[test]
+fn cuda_is_found_or_refused_with_its_reason() {
+    let survey = Device::survey();
+    let line = survey.iter().find(|(name, _)| name.starts_with("cuda")).expect("devices has a cuda line");
+    match Device::from_name("cuda") {
+        Ok(d) => {
+            assert_eq!(d, Device::Cuda(0));
+            assert!(line.0 == "cuda:0", "{line:?}");
+            assert!(matches!(Device::from_name("cuda:9999"), Err(tilestream::Error::BackendUnavailable { .. })));
+        }
+        Err(tilestream::Error::BackendUnavailable { device, reason }) => {
+            eprintln!("skipped: no CUDA device ({reason})");
+            assert_eq!(device, "cuda");
+            assert!(!reason.is_empty() && line.1.contains(&reason), "devices says why: {line:?} vs {reason}");
+            assert!(!matches!(Device::auto(), Device::Cuda(_)), "auto never picks a CUDA device that is not there");
+            let r = Dataset::open(std::env::temp_dir().join("no-such-file.safetensors")).err();
+            assert!(r.is_some());
+        }
+        Err(e) => panic!("expected BackendUnavailable, got {e}"),
+    }
+}

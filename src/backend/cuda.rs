@@ -223,6 +223,16 @@ pub(crate) fn open(index: usize) -> Result<Arc<Gpu>> {
     Ok(gpu)
 }
 
+/// An allocation failure: [`Error::DeviceOutOfMemory`] (the driver retries with smaller
+/// tiles) when the driver says so, else [`Error::Device`].
+fn oom_or_device(gpu: &Gpu, call: &str, e: cu::DriverError) -> Error {
+    if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+        Error::DeviceOutOfMemory { device: gpu.name.clone(), message: driver_error(call, e) }
+    } else {
+        device_error(&gpu.name, driver_error(call, e))
+    }
+}
+
 /// Page-locked host memory.
 struct Pinned {
     ptr: *mut u8,
@@ -232,7 +242,8 @@ struct Pinned {
 impl Pinned {
     fn new(gpu: &Gpu, len: usize) -> Result<Pinned> {
         // SAFETY: allocates len bytes (at least 1) of pinned memory; freed in Drop.
-        let ptr = gpu.check("cuMemHostAlloc", unsafe { cu::malloc_host(len.max(1), 0) })?;
+        let ptr = unsafe { cu::malloc_host(len.max(1), 0) }
+            .map_err(|e| oom_or_device(gpu, &format!("cuMemHostAlloc of {} MiB", len >> 20), e))?;
         Ok(Pinned { ptr: ptr.cast(), len: len.max(1) })
     }
     fn bytes(&self) -> &[u8] {
@@ -266,9 +277,8 @@ struct DevBuf {
 impl DevBuf {
     fn new(gpu: &Gpu, len: u64) -> Result<DevBuf> {
         // SAFETY: plain device allocation (never managed memory); freed in Drop.
-        let ptr = unsafe { cu::malloc_sync(len.max(8) as usize) }.map_err(|e| {
-            device_error(&gpu.name, format!("{}; lower --memory-budget", driver_error(&format!("cuMemAlloc of {} MiB", len >> 20), e)))
-        })?;
+        let ptr = unsafe { cu::malloc_sync(len.max(8) as usize) }
+            .map_err(|e| oom_or_device(gpu, &format!("cuMemAlloc of {} MiB", len >> 20), e))?;
         Ok(DevBuf { ptr })
     }
 }
@@ -387,6 +397,7 @@ impl Backend for Cuda {
             Some(k) if dtypes[k].size() > 1 => Some(crate::backend::key_range(ds, prog.inputs[k], "cuda")?),
             _ => None,
         };
+        crate::backend::InjectedFault::at_prepare(&self.gpu.name, tile_rows)?;
         let kernel = cuda_gen::generate(prog, &dtypes, tile_rows, keys)?;
         let function = self.gpu.function(&kernel)?;
         let unit = exec::unit_rows(prog);
@@ -441,7 +452,9 @@ impl Backend for Cuda {
         let rows = tile.end - tile.start;
         let units = rows.div_ceil(prep.unit);
         let k = &prep.kernel;
-        let index = prep.submitted.fetch_add(1, Ordering::Relaxed) % DEPTH;
+        let submitted = prep.submitted.fetch_add(1, Ordering::Relaxed);
+        crate::backend::InjectedFault::at_tile(&gpu.name, submitted)?;
+        let index = submitted % DEPTH;
         let mut slot = prep.slots[index].lock().map_err(|_| device_error(&gpu.name, "a previous run panicked during a tile"))?;
         let slot = &mut *slot;
         let stream = slot.stream;

@@ -420,6 +420,12 @@ fn emulated_cuda_group_by_matches_the_cpu_backend() {
             compare(&p, &emulate(&dir, &p, &ds, keys), &cpu(&p, &ds), &format!("group by {key}, mask {m:?}"));
         }
     }
+    // Many statistics: fewer rows staged at once (so that the stage fits in shared memory).
+    let mut p = base.clone();
+    p.key = Some(slot(DType::U8));
+    p.stats = (0..ds.columns().len()).map(Source::Slot).chain(regs.iter().map(|&r| Source::Reg(r))).collect();
+    p.mask = Some(regs[regs.len() - 3]);
+    compare(&p, &emulate(&dir, &p, &ds, None), &cpu(&p, &ds), &format!("group by u8 with {} statistics", p.stats.len()));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

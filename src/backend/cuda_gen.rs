@@ -360,7 +360,7 @@ impl Gen<'_> {
             stat_domains.push(dom);
             let _ = writeln!(fields, "    {ty} s{i};");
             let _ = writeln!(eval, "    row.s{i} = {e};");
-            let _ = writeln!(stage_decl, "    __shared__ {ty} sh_s{i}[WG];");
+            let _ = writeln!(stage_decl, "    __shared__ {ty} sh_s{i}[STAGE];");
             let _ = writeln!(stage, "            sh_s{i}[lid] = row.s{i};");
             let _ = writeln!(
                 init,
@@ -377,8 +377,11 @@ impl Gen<'_> {
             );
             let _ = writeln!(write, "    acc_write(a{i}, p{i}, w + {});", 1 + STAT_WORDS * i);
         }
+        // Rows staged at once: 8 bytes per statistic and 9 for the key and flag each, within
+        // about 40 KB of the 48 KB of static shared memory every device has.
+        let stage_rows = (40_000 / (8 * s as u64 + 9)).min(THREADS as u64);
         let defs = format!(
-            "#define WG {THREADS}u\n#define UNIT_ROWS {GROUP_BLOCK_ROWS}u\n#define REC_WORDS {rec_words}ull\n\nstruct Row {{\n{fields}}};\n\n\
+            "#define WG {THREADS}u\n#define STAGE {stage_rows}u\n#define UNIT_ROWS {GROUP_BLOCK_ROWS}u\n#define REC_WORDS {rec_words}ull\n\nstruct Row {{\n{fields}}};\n\n\
              __device__ __forceinline__ void eval_row(const u8* __restrict__ in, u32 i, Row& row) {{\n{eval}}}\n"
         );
         let source = assemble(

@@ -207,6 +207,57 @@ pub(crate) fn key_range(ds: &Dataset, col: usize, device: &str) -> Result<(i64, 
     Ok(if lo > hi { (0, 0) } else { (lo, hi) })
 }
 
+/// A failure injected into the GPU backends for tests, from `TILESTREAM_GPU_FAULT`:
+/// `tile:N` fails the submission of tile N (counting from 0) of every pass, as a lost device
+/// would; `oom:ROWS` makes preparing tiles of more than ROWS rows run out of device memory.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InjectedFault {
+    /// Fail at this tile.
+    Tile(u64),
+    /// Out of memory above this many rows per tile.
+    OomAbove(u64),
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl InjectedFault {
+    /// The fault the environment asks for, read once per process.
+    pub(crate) fn get() -> Option<InjectedFault> {
+        static FAULT: std::sync::OnceLock<Option<InjectedFault>> = std::sync::OnceLock::new();
+        *FAULT.get_or_init(|| {
+            let v = std::env::var("TILESTREAM_GPU_FAULT").ok()?;
+            let (kind, n) = v.split_once(':')?;
+            let n = n.parse().ok()?;
+            match kind {
+                "tile" => Some(InjectedFault::Tile(n)),
+                "oom" => Some(InjectedFault::OomAbove(n)),
+                _ => None,
+            }
+        })
+    }
+
+    /// The error of an injected failure at tile `index`, if one is asked for.
+    pub(crate) fn at_tile(device: &str, index: usize) -> Result<()> {
+        match InjectedFault::get() {
+            Some(InjectedFault::Tile(n)) if n == index as u64 => {
+                Err(Error::Device { device: device.to_string(), message: format!("injected failure at tile {n} (TILESTREAM_GPU_FAULT)") })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The error of an injected out-of-memory for tiles of `rows` rows, if one is asked for.
+    pub(crate) fn at_prepare(device: &str, rows: u64) -> Result<()> {
+        match InjectedFault::get() {
+            Some(InjectedFault::OomAbove(n)) if rows > n => Err(Error::DeviceOutOfMemory {
+                device: device.to_string(),
+                message: format!("injected for tiles over {n} rows (TILESTREAM_GPU_FAULT)"),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What one tile of a query produced: one partial per block of rows, in row order, plus
 /// order-independent counts.
 #[derive(Debug, Default)]

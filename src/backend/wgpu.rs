@@ -291,6 +291,7 @@ impl Backend for Wgpu {
             Some(k) if dtypes[k].size() > 1 => Some(crate::backend::key_range(ds, prog.inputs[k], "wgpu")?),
             _ => None,
         };
+        crate::backend::InjectedFault::at_prepare(&self.gpu.name, tile_rows)?;
         let kernel = wgsl::generate_with_keys(prog, &dtypes, tile_rows, keys)?;
         let pipeline = self.gpu.pipeline(&kernel.source)?;
         let d = &self.gpu.device;
@@ -325,7 +326,10 @@ impl Backend for Wgpu {
             slots.push(Slot { bind, params, inp, part, atom, part_read, atom_read });
         }
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(device_error(&self.gpu.name, format!("cannot allocate the tile buffers ({e}); lower --memory-budget")));
+            return Err(Error::DeviceOutOfMemory {
+                device: self.gpu.name.clone(),
+                message: format!("cannot allocate the tile buffers ({e})"),
+            });
         }
         self.gpu.check()?;
         Ok(Prepared {
@@ -346,7 +350,9 @@ impl Backend for Wgpu {
         let blocks = rows.div_ceil(prep.unit);
         let k = &prep.kernel;
         let q = &self.gpu.queue;
-        let slot_index = prep.submitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % DEPTH;
+        let submitted = prep.submitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::backend::InjectedFault::at_tile(&self.gpu.name, submitted)?;
+        let slot_index = submitted % DEPTH;
         let slot = &prep.slots[slot_index];
         // Stage the tile's columns (each read once from the mapped file).
         let mut gathered = Vec::new();

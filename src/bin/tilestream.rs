@@ -325,9 +325,12 @@ impl Ctx {
     fn on_device<T>(&self, ds: &Dataset, run: impl Fn(&Device) -> tilestream::Result<T>) -> Result<T> {
         let dev = if self.auto { Device::auto_for(ds) } else { self.device.clone() };
         match run(&dev) {
-            Err(e @ (tilestream::Error::Device { .. } | tilestream::Error::Compile { .. } | tilestream::Error::Unsupported(_)))
-                if self.auto && dev != Device::Cpu =>
-            {
+            Err(
+                e @ (tilestream::Error::Device { .. }
+                | tilestream::Error::DeviceOutOfMemory { .. }
+                | tilestream::Error::Compile { .. }
+                | tilestream::Error::Unsupported(_)),
+            ) if self.auto && dev != Device::Cpu => {
                 err_line(&format!("tilestream: {} could not run the query ({e}); running it again on the CPU", dev.name()));
                 Ok(run(&Device::Cpu)?)
             }
