@@ -112,9 +112,10 @@ pub(crate) fn run<B: Backend>(
         )));
     }
     let rows = ds.rows();
-    let mut tile = backend.tile_rows(prog, ds, opts.memory_budget);
-    // A device short of memory gets smaller tiles, down to one unit, before it fails.
     let unit = unit_rows(prog);
+    // No buffer larger than the dataset needs.
+    let mut tile = backend.tile_rows(prog, ds, opts.memory_budget).min(rows.div_ceil(unit).max(1) * unit);
+    // A device short of memory gets smaller tiles, down to one unit, before it fails.
     let prep = loop {
         match backend.prepare(prog, ds, tile) {
             Err(Error::DeviceOutOfMemory { .. }) if tile > unit => tile = (tile / 2 / unit).max(1) * unit,

@@ -177,27 +177,50 @@ impl Gpu {
         if let Some(f) = cache.get(&k.source) {
             return Ok(*f);
         }
-        let cubin = self.nvrtc.compile_cached(&k.source, self.arch).map_err(|e| match e {
-            Error::Compile { message, .. } => Error::Compile { device: self.name.clone(), message },
-            other => other,
-        })?;
+        let compile = |cached: bool| {
+            let r = if cached { self.nvrtc.compile_cached(&k.source, self.arch) } else { self.nvrtc.compile(&k.source, self.arch) };
+            r.map_err(|e| match e {
+                Error::Compile { message, .. } => Error::Compile { device: self.name.clone(), message },
+                other => other,
+            })
+        };
         self.bind()?;
-        // SAFETY: cubin is a complete CUBIN image from NVRTC, alive during the call.
-        let module = self.check("cuModuleLoadData", unsafe { cu::module::load_data(cubin.as_ptr().cast()) }).map_err(|e| match e {
-            Error::Device { device, message } => Error::Device {
-                device,
-                message: format!(
-                    "{message}; NVRTC {}.{} made code this driver cannot load (set TILESTREAM_NVRTC to an older NVRTC)",
-                    self.nvrtc.version.0, self.nvrtc.version.1
-                ),
-            },
-            other => other,
-        })?;
+        // A CUBIN from the disk cache that the driver refuses is compiled again, once.
+        let module = match self.load(&compile(true)?) {
+            Err(Error::Device { .. }) => self.load(&compile(false)?)?,
+            r => r?,
+        };
         let entry = CString::new(k.entry).map_err(|_| device_error(&self.name, "bad kernel name"))?;
         // SAFETY: module was just loaded and is never unloaded.
         let f = Function(self.check("cuModuleGetFunction", unsafe { cu::module::get_function(module, entry) })?);
         cache.insert(k.source.clone(), f);
         Ok(f)
+    }
+}
+
+impl Gpu {
+    /// Loads a CUBIN image into the context.
+    fn load(&self, cubin: &[u8]) -> Result<sys::CUmodule> {
+        if !cubin.starts_with(b"\x7fELF") {
+            return Err(device_error(&self.name, "NVRTC returned something that is not a CUBIN image"));
+        }
+        // SAFETY: cubin is a complete ELF image (checked above), alive during the call.
+        unsafe { cu::module::load_data(cubin.as_ptr().cast()) }.map_err(|e| {
+            use sys::cudaError_enum::*;
+            let hint = match e.0 {
+                CUDA_ERROR_INVALID_IMAGE | CUDA_ERROR_NO_BINARY_FOR_GPU | CUDA_ERROR_UNSUPPORTED_PTX_VERSION | CUDA_ERROR_INVALID_PTX => {
+                    format!(
+                        "; NVRTC {}.{} made code this driver cannot load (set TILESTREAM_NVRTC to an NVRTC no newer than the driver)",
+                        self.nvrtc.version.0, self.nvrtc.version.1
+                    )
+                }
+                _ => String::new(),
+            };
+            match oom_or_device(self, "cuModuleLoadData", e) {
+                Error::Device { device, message } => Error::Device { device, message: message + &hint },
+                other => other,
+            }
+        })
     }
 }
 
@@ -247,7 +270,7 @@ impl Pinned {
         Ok(Pinned { ptr: ptr.cast(), len: len.max(1) })
     }
     fn bytes(&self) -> &[u8] {
-        // SAFETY: ptr holds len bytes, allocated (and zero-initialized on first write) by us.
+        // SAFETY: ptr holds len bytes, allocated and zeroed in `new`.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
     fn bytes_mut(&mut self) -> &mut [u8] {
@@ -388,12 +411,15 @@ impl Backend for Cuda {
             let per_unit = sweeps * cuda_gen::THREADS as u64 * (1 + cuda_gen::STAT_WORDS as u64 * prog.stats.len() as u64) * 8;
             rows = rows.min((share / 2 / per_unit).max(1) * unit);
         }
+        // Row indices in the kernels are 32-bit.
+        rows = rows.min((1u64 << 31) / unit * unit);
         (rows / unit).max(1) * unit
     }
 
     fn prepare(&self, prog: &FusedProgram, ds: &Dataset, tile_rows: u64) -> Result<Prepared> {
         let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
         let keys = match prog.key {
+            Some(k) if dtypes[k].is_float() => return Err(Error::Unsupported("a group-by on a float key on the cuda backend".to_string())),
             Some(k) if dtypes[k].size() > 1 => Some(crate::backend::key_range(ds, prog.inputs[k], "cuda")?),
             _ => None,
         };
@@ -474,7 +500,8 @@ impl Backend for Cuda {
             // SAFETY: d_hist holds hist_words words.
             gpu.check("cuMemsetD8Async", unsafe { cu::memset_d8_async(slot.d_hist.ptr, 0, k.hist_words as usize * 8, stream) })?;
         }
-        let mut rows32 = rows as u32;
+        let mut rows32 = u32::try_from(rows)
+            .map_err(|_| device_error(&gpu.name, format!("a tile of {rows} rows (the kernels index rows in 32 bits)")))?;
         let (mut p_in, mut p_part, mut p_hist, mut p_out) = (slot.d_in.ptr, slot.d_part.ptr, slot.d_hist.ptr, slot.d_out.ptr);
         let mut base = k.group_base.unwrap_or(0);
         let mut params: Vec<*mut c_void> = if k.group_base.is_some() {

@@ -380,6 +380,9 @@ impl Gen<'_> {
         // Rows staged at once: 8 bytes per statistic and 9 for the key and flag each, within
         // about 40 KB of the 48 KB of static shared memory every device has.
         let stage_rows = (40_000 / (8 * s as u64 + 9)).min(THREADS as u64);
+        if stage_rows < 32 {
+            return Err(unsupported(format!("a group-by of {s} statistics (their rows would not fit in shared memory)")));
+        }
         let defs = format!(
             "#define WG {THREADS}u\n#define STAGE {stage_rows}u\n#define UNIT_ROWS {GROUP_BLOCK_ROWS}u\n#define REC_WORDS {rec_words}ull\n\nstruct Row {{\n{fields}}};\n\n\
              __device__ __forceinline__ void eval_row(const u8* __restrict__ in, u32 i, Row& row) {{\n{eval}}}\n"

@@ -10,6 +10,11 @@ use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
+/// NVRTC options besides the architecture: IEEE f32 arithmetic.
+const OPTIONS: [&str; 4] = ["--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false"];
+/// Bump when the layout of the disk cache changes.
+const CACHE_FORMAT: u32 = 1;
+
 type Prog = *mut c_void;
 type Status = c_int;
 type CreateFn = unsafe extern "C" fn(*mut Prog, *const c_char, *const c_char, c_int, *const *const c_char, *const *const c_char) -> Status;
@@ -341,17 +346,20 @@ impl Nvrtc {
         use std::hash::{Hash, Hasher};
         let Some(dir) = dir else { return self.compile(source, arch) };
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (source, arch, self.version, &self.path).hash(&mut h);
+        (CACHE_FORMAT, source, arch, OPTIONS, self.version, &self.path).hash(&mut h);
         let stem = dir.join(format!("{:016x}-sm_{arch}-nvrtc{}.{}", h.finish(), self.version.0, self.version.1));
         let (src_path, bin_path) = (stem.with_extension("cu"), stem.with_extension("cubin"));
         if std::fs::read(&src_path).is_ok_and(|s| s == source.as_bytes())
             && let Ok(bin) = std::fs::read(&bin_path)
-            && !bin.is_empty()
+            && bin.starts_with(b"\x7fELF")
         {
             return Ok(bin);
         }
         let bin = self.compile(source, arch)?;
-        let tmp = stem.with_extension(format!("tmp{}", std::process::id()));
+        // A name no other writer (thread or process) uses at the same time.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = stem.with_extension(format!("tmp{}-{n}", std::process::id()));
         let stored = std::fs::create_dir_all(&dir).is_ok()
             && std::fs::write(&tmp, &bin).is_ok()
             && std::fs::rename(&tmp, &bin_path).is_ok()
