@@ -39,9 +39,12 @@ timeout 40 .gpu/tilestream gen --quiet --force --rows "$rows" /tmp/bench.safeten
 {
   echo "tilestream on $(sed -n 3p "$OUT/env.txt"), $(date -u +%F), $rows rows x 8 f32 + u8 key"
   echo "tests/gpu.rs: exit $t1; $(grep -h 'test result' "$OUT/test-gpu.log" | tail -1)"
+  grep -h -A2 'panicked' "$OUT/test-gpu.log" | head -n 12
   echo "tests/equivalence.rs: exit $t2; $(grep -h 'test result' "$OUT/test-equivalence.log" | tail -1)"
+  grep -h -A2 'panicked' "$OUT/test-equivalence.log" | head -n 12
   for b in cuda:$t3 peer:$t4 wgpu:$t5 cpu:$t6; do
     echo "bench ${b%%:*} (exit ${b##*:}):"; grep -E '^(peer|query|stats|histogram|group|fit|filter|skipped)' "$OUT/bench-${b%%:*}.txt"
+    [ "${b##*:}" = 0 ] || tail -n 3 "$OUT/bench-${b%%:*}.txt"
   done
 } > "$OUT/gpu-table.txt" 2>&1
 cat "$OUT/gpu-table.txt"

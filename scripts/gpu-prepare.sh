@@ -25,4 +25,4 @@ if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
   (cd .gl && apt-get $o download libvulkan1)
 fi
 du -sh .gpu .gl
-echo 'now: run(command="bash scripts/gpu-check.sh", carry=[".gpu", ".gl"], timeout_s=540)'
+echo 'now: run(command="bash scripts/gpu-check.sh", carry=[".gpu", ".gl"], timeout_s=590)'
