@@ -127,46 +127,39 @@ __device__ __forceinline__ void acc_init(Acc& a, bool unsig) {
     a.imx = unsig ? 0ll : (i64)0x8000000000000000ull;
 }
 
+// A non-NaN value v: counts, sums of v - p, bounds.
+__device__ __forceinline__ void acc_value(Acc& a, double v, double p) {
+    double d = v - p;
+    a.count++;
+    a.sum += d;
+    a.sum2 += d * d;
+    if (v < a.mn) a.mn = v;
+    if (v > a.mx) a.mx = v;
+}
+
+__device__ __forceinline__ void acc_finite(Acc& a, double v) {
+    if (v < a.fmn) a.fmn = v;
+    if (v > a.fmx) a.fmx = v;
+}
+
 __device__ __forceinline__ void acc_f(Acc& a, double v, double p) {
     if (d_is_nan(v)) { a.nan++; return; }
-    double d = v - p;
-    a.count++;
-    a.sum += d;
-    a.sum2 += d * d;
-    if (v < a.mn) a.mn = v;
-    if (v > a.mx) a.mx = v;
+    acc_value(a, v, p);
     if (d_is_inf(v)) { a.inf++; return; }
-    if (v < a.fmn) a.fmn = v;
-    if (v > a.fmx) a.fmx = v;
+    acc_finite(a, v);
 }
 
-__device__ __forceinline__ void acc_i(Acc& a, i64 x, double p) {
-    double v = __ll2double_rn(x);
-    double d = v - p;
-    a.count++;
-    a.sum += d;
-    a.sum2 += d * d;
-    if (v < a.mn) a.mn = v;
-    if (v > a.mx) a.mx = v;
-    if (v < a.fmn) a.fmn = v;
-    if (v > a.fmx) a.fmx = v;
-    if (x < a.imn) a.imn = x;
-    if (x > a.imx) a.imx = x;
+// An integer x (T is i64 or u64; the exact bounds hold T's bits) whose f64 value is v.
+template <class T>
+__device__ __forceinline__ void acc_int(Acc& a, T x, double v, double p) {
+    acc_value(a, v, p);
+    acc_finite(a, v);
+    if (x < (T)a.imn) a.imn = (i64)x;
+    if (x > (T)a.imx) a.imx = (i64)x;
 }
 
-__device__ __forceinline__ void acc_u(Acc& a, u64 x, double p) {
-    double v = __ull2double_rn(x);
-    double d = v - p;
-    a.count++;
-    a.sum += d;
-    a.sum2 += d * d;
-    if (v < a.mn) a.mn = v;
-    if (v > a.mx) a.mx = v;
-    if (v < a.fmn) a.fmn = v;
-    if (v > a.fmx) a.fmx = v;
-    if (x < (u64)a.imn) a.imn = (i64)x;
-    if (x > (u64)a.imx) a.imx = (i64)x;
-}
+__device__ __forceinline__ void acc_i(Acc& a, i64 x, double p) { acc_int(a, x, __ll2double_rn(x), p); }
+__device__ __forceinline__ void acc_u(Acc& a, u64 x, double p) { acc_int(a, x, __ull2double_rn(x), p); }
 
 // Folds b into a (both over the same pivot).
 __device__ __forceinline__ void acc_merge(Acc& a, const Acc& b, bool unsig) {

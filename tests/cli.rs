@@ -1113,6 +1113,15 @@ fn stats_json_close(a: &Value, b: &Value, what: &str) {
     }
 }
 
+/// The `--device` argument of a GPU (`wgpu:N`, `cuda:N`).
+fn device_arg(gpu: &tilestream::Device) -> String {
+    match gpu {
+        tilestream::Device::Wgpu(i) => format!("wgpu:{i}"),
+        tilestream::Device::Cuda(i) => format!("cuda:{i}"),
+        other => unreachable!("gpu_devices returns GPUs, not {other:?}"),
+    }
+}
+
 #[test]
 fn gpus_give_the_cpus_answers() {
     for gpu in gpu_devices() {
@@ -1121,11 +1130,7 @@ fn gpus_give_the_cpus_answers() {
 }
 
 fn gpu_gives_the_cpus_answers(gpu: &tilestream::Device) {
-    let dev = match gpu {
-        tilestream::Device::Wgpu(i) => format!("wgpu:{i}"),
-        tilestream::Device::Cuda(i) => format!("cuda:{i}"),
-        other => unreachable!("gpu_devices returns GPUs, not {other:?}"),
-    };
+    let dev = device_arg(gpu);
     let dir = TempDir::new(&format!("cli-{}", dev.replace(':', "-")));
     let g = gen_data(&dir, "g.safetensors", 30_001, 3, seed("gpu_gives_the_cpus_answers"));
     let d = run(&["devices"]);
@@ -1199,11 +1204,7 @@ fn auto_reruns_on_the_cpu_what_the_gpu_cannot_run() {
 #[test]
 fn gpu_faults_fall_back_or_fail_cleanly() {
     for gpu in gpu_devices() {
-        let dev = match gpu {
-            tilestream::Device::Wgpu(i) => format!("wgpu:{i}"),
-            tilestream::Device::Cuda(i) => format!("cuda:{i}"),
-            other => unreachable!("gpu_devices returns GPUs, not {other:?}"),
-        };
+        let dev = device_arg(&gpu);
         let dir = TempDir::new(&format!("cli-fault-{}", dev.replace(':', "-")));
         // Over GPU_MIN_BYTES, so that `auto` takes the GPU (pinned by TILESTREAM_AUTO_GPU).
         let g = gen_data(&dir, "big.safetensors", 2_200_000, 8, 5);

@@ -196,9 +196,7 @@ impl Gpu {
         cache.insert(k.source.clone(), f);
         Ok(f)
     }
-}
 
-impl Gpu {
     /// Loads a CUBIN image into the context.
     fn load(&self, cubin: &[u8]) -> Result<sys::CUmodule> {
         if !cubin.starts_with(b"\x7fELF") {
@@ -277,8 +275,9 @@ impl Pinned {
         // SAFETY: as above, borrowed mutably once.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
-    fn words(&self, n: usize) -> Vec<u64> {
-        self.bytes()[..n * 8].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect()
+    /// The first `n` u64 words, in place (pinned memory is page aligned).
+    fn words(&self, n: usize) -> &[u64] {
+        bytemuck::cast_slice(&self.bytes()[..n * 8])
     }
 }
 
@@ -553,9 +552,9 @@ impl Backend for Cuda {
         let k = &prep.kernel;
         let part = slot.h_part.words((t.units * prep.part_words_per_unit) as usize);
         if k.group_base.is_some() {
-            return Ok(cuda_gen::decode_groups(k, t.units as usize, &part));
+            return Ok(cuda_gen::decode_groups(k, t.units as usize, part));
         }
-        let hist = if prep.hist_bins.is_empty() { Vec::new() } else { slot.h_hist.words(k.hist_words as usize) };
+        let hist = if prep.hist_bins.is_empty() { &[][..] } else { slot.h_hist.words(k.hist_words as usize) };
         if let Some(out) = out {
             for (i, &size) in prep.out_sizes.iter().enumerate() {
                 let at = k.out_offsets[i] as usize;
@@ -563,7 +562,7 @@ impl Backend for Cuda {
                 out.columns[i][..n].copy_from_slice(&slot.h_out.bytes()[at..at + n]);
             }
         }
-        Ok(cuda_gen::decode(k, t.units as usize, &part, &hist, &prep.hist_bins))
+        Ok(cuda_gen::decode(k, t.units as usize, part, hist, &prep.hist_bins))
     }
 }
 
