@@ -147,17 +147,6 @@ pub(crate) mod cpu {
             Cmp::Ne => (a != b) & !a.is_nan() & !b.is_nan(),
         }
     }
-    #[inline(always)]
-    fn cmp_i(c: Cmp, a: i64, b: i64) -> bool {
-        match c {
-            Cmp::Lt => a < b,
-            Cmp::Le => a <= b,
-            Cmp::Gt => a > b,
-            Cmp::Ge => a >= b,
-            Cmp::Eq => a == b,
-            Cmp::Ne => a != b,
-        }
-    }
 
     /// One f32 → f32 op over a slice.
     #[inline(always)]
@@ -207,7 +196,15 @@ pub(crate) mod cpu {
     pub fn compare_f(c: Cmp, a: &[f32], b: &[f32], out: &mut [u8]) {
         let n = a.len();
         let (b, out) = (&b[..n], &mut out[..n]);
-        (0..n).for_each(|i| out[i] = cmp_f(c, a[i], b[i]) as u8);
+        // One loop per comparison (the match hoisted out of the loop), so each vectorizes.
+        match c {
+            Cmp::Lt => (0..n).for_each(|i| out[i] = (a[i] < b[i]) as u8),
+            Cmp::Le => (0..n).for_each(|i| out[i] = (a[i] <= b[i]) as u8),
+            Cmp::Gt => (0..n).for_each(|i| out[i] = (a[i] > b[i]) as u8),
+            Cmp::Ge => (0..n).for_each(|i| out[i] = (a[i] >= b[i]) as u8),
+            Cmp::Eq => (0..n).for_each(|i| out[i] = (a[i] == b[i]) as u8),
+            Cmp::Ne => (0..n).for_each(|i| out[i] = cmp_f(Cmp::Ne, a[i], b[i]) as u8),
+        }
     }
 
     /// Float comparison with a constant into 0/1 bytes.
@@ -229,7 +226,14 @@ pub(crate) mod cpu {
     pub fn compare_i(c: Cmp, a: &[i64], b: &[i64], out: &mut [u8]) {
         let n = a.len();
         let (b, out) = (&b[..n], &mut out[..n]);
-        (0..n).for_each(|i| out[i] = cmp_i(c, a[i], b[i]) as u8);
+        match c {
+            Cmp::Lt => (0..n).for_each(|i| out[i] = (a[i] < b[i]) as u8),
+            Cmp::Le => (0..n).for_each(|i| out[i] = (a[i] <= b[i]) as u8),
+            Cmp::Gt => (0..n).for_each(|i| out[i] = (a[i] > b[i]) as u8),
+            Cmp::Ge => (0..n).for_each(|i| out[i] = (a[i] >= b[i]) as u8),
+            Cmp::Eq => (0..n).for_each(|i| out[i] = (a[i] == b[i]) as u8),
+            Cmp::Ne => (0..n).for_each(|i| out[i] = (a[i] != b[i]) as u8),
+        }
     }
 
     /// isnan / isinf / isfinite into 0/1 bytes.

@@ -257,7 +257,12 @@ impl<'a> Builder<'a> {
     pub fn to_f32(&mut self, r: Reg, e: &Expr) -> Result<Reg> {
         match self.prog.reg_type(r) {
             VType::F32 => Ok(r),
-            VType::Int => Ok(self.op(Op::IntToF, &[r])),
+            // A constant is converted here (the same rounding as IntToF), so that
+            // `column cmp literal` stays a comparison with a constant.
+            VType::Int => match self.prog.instrs[r] {
+                Instr::Const(Value::I(v)) => Ok(self.constant(Value::F(v as f32))),
+                _ => Ok(self.op(Op::IntToF, &[r])),
+            },
             VType::Bool => Err(e.error("expected a number, found a boolean")),
         }
     }

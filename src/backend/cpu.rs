@@ -9,6 +9,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::cpu_simd::{self, GW, GroupLanes};
 use super::{Backend, BlockPartial, TileOut, TileResult};
 use crate::accum::{Accumulator, BlockStats, HistAcc, bin_scale};
 use crate::dtype::DType;
@@ -34,20 +35,25 @@ enum Level {
     Base,
 }
 
+/// The best vector code this CPU runs, capped by `TILESTREAM_SIMD` (`avx2` or `sse2`: run
+/// the code of an older CPU, to test or compare it).
 fn level() -> Level {
+    let cap = match std::env::var("TILESTREAM_SIMD").as_deref() {
+        Ok("sse2") => Level::Base,
+        Ok("avx2") => Level::Avx2,
+        _ => Level::Avx512,
+    };
     #[cfg(target_arch = "x86_64")]
     {
-        if std::env::var_os("TILESTREAM_NO_SIMD").is_some() {
-            return Level::Base;
-        }
-        if is_x86_feature_detected!("avx512f")
+        if cap == Level::Avx512
+            && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx512dq")
         {
             return Level::Avx512;
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+        if cap != Level::Base && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
             return Level::Avx2;
         }
     }
@@ -235,6 +241,8 @@ struct Scratch {
     codes: Vec<u32>,
     order: Vec<u32>,
     gbuf: Vec<f32>,
+    lanes: Vec<GroupLanes>,
+    infs: Vec<u64>,
     sel: Vec<u32>,
     keys: Vec<i128>,
     slots: Vec<u32>,
@@ -277,6 +285,8 @@ impl Scratch {
             codes: Vec::new(),
             order: Vec::new(),
             gbuf: Vec::new(),
+            lanes: Vec::new(),
+            infs: Vec::new(),
             sel: Vec::new(),
             keys: Vec::new(),
             slots: Vec::new(),
@@ -428,25 +438,33 @@ fn run_block(
             Level::Base => {}
         }
     }
-    run_block_impl(prep, ds, r0, n, s, outs)
+    run_block_impl(Level::Base, prep, ds, r0, n, s, outs)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt")]
 fn run_block_avx512(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scratch, outs: &mut [&mut [u8]]) -> Result<BlockPartial> {
-    run_block_impl(prep, ds, r0, n, s, outs)
+    run_block_impl(Level::Avx512, prep, ds, r0, n, s, outs)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt")]
 fn run_block_avx2(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scratch, outs: &mut [&mut [u8]]) -> Result<BlockPartial> {
-    run_block_impl(prep, ds, r0, n, s, outs)
+    run_block_impl(Level::Avx2, prep, ds, r0, n, s, outs)
 }
 
 #[inline(always)]
-fn run_block_impl(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scratch, outs: &mut [&mut [u8]]) -> Result<BlockPartial> {
+fn run_block_impl(
+    level: Level,
+    prep: &Prepared,
+    ds: &Dataset,
+    r0: u64,
+    n: usize,
+    s: &mut Scratch,
+    outs: &mut [&mut [u8]],
+) -> Result<BlockPartial> {
     let prog = &prep.prog;
-    let Scratch { gather, conv, regs, hists, codes, order, gbuf, sel, keys, slots, key_table, key_map, fbuf, dbuf, hbuf } = s;
+    let Scratch { gather, conv, regs, hists, codes, order, gbuf, lanes, infs, sel, keys, slots, key_table, key_map, fbuf, dbuf, hbuf } = s;
     let views: Vec<View> = gather
         .iter_mut()
         .zip(conv.iter_mut())
@@ -463,6 +481,7 @@ fn run_block_impl(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scra
         },
         None => None,
     };
+    // Mask bytes are 0 or 1 (comparisons and logic ops write nothing else).
     let selected = mask.map_or(n as u64, |m| m.iter().map(|&b| b as u64).sum());
     let mut part = BlockPartial { selected, ..BlockPartial::default() };
 
@@ -478,14 +497,14 @@ fn run_block_impl(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scra
     };
 
     if let Some(key_slot) = prog.key {
-        let bufs = GroupBufs { keys, slots, table: key_table, map: key_map, order, gbuf };
-        part.groups = group_block(views[key_slot], mask, prog.stats.iter().map(source_view), bufs);
+        let bufs = GroupBufs { lanes, infs, keys, slots, table: key_table, map: key_map, order, gbuf };
+        part.groups = group_block(views[key_slot], mask, prog.stats.iter().map(source_view), bufs, level);
     } else {
         part.stats.reserve(prog.stats.len());
         for src in &prog.stats {
             let st = match source_view(src) {
-                View::F32(x) if prog.finite_range => stats_f32_any::<true>(x, mask),
-                View::F32(x) => stats_f32_any::<false>(x, mask),
+                View::F32(x) if prog.finite_range => stats_f32_any::<true>(x, mask, selected, level),
+                View::F32(x) => stats_f32_any::<false>(x, mask, selected, level),
                 other => on_view!(other, x => stats_any(x, mask)),
             };
             part.stats.push(st);
@@ -590,6 +609,20 @@ fn load(v: View, ty: VType, out: &mut Reg, n: usize) {
 #[inline(always)]
 fn compare_i_const<T: Elem>(c: Cmp, x: &[T], k: i64, o: &mut [u8]) {
     let o = &mut o[..x.len()];
+    if !T::FLOAT && std::mem::size_of::<T>() <= 2 {
+        // 8/16-bit values lie in [-32768, 65535]: against k clamped to one past that range
+        // every comparison answers as against k, and i32 lanes vectorize 2× wider.
+        let k = k.clamp(-65537, 65537) as i32;
+        match c {
+            Cmp::Lt => cmp_loop(x, o, |v| (v.i64() as i32) < k),
+            Cmp::Le => cmp_loop(x, o, |v| (v.i64() as i32) <= k),
+            Cmp::Gt => cmp_loop(x, o, |v| (v.i64() as i32) > k),
+            Cmp::Ge => cmp_loop(x, o, |v| (v.i64() as i32) >= k),
+            Cmp::Eq => cmp_loop(x, o, |v| (v.i64() as i32) == k),
+            Cmp::Ne => cmp_loop(x, o, |v| (v.i64() as i32) != k),
+        }
+        return;
+    }
     match c {
         Cmp::Lt => cmp_loop(x, o, |v| v.i64() < k),
         Cmp::Le => cmp_loop(x, o, |v| v.i64() <= k),
@@ -653,12 +686,12 @@ fn first_finite<T: Copy>(x: &[T], mask: Option<&[u8]>, finite: impl Fn(T) -> boo
 
 /// How far ahead (in f32 elements) the kernels prefetch: the loop body is long, so the
 /// out-of-order window alone keeps too few cache misses in flight to reach full bandwidth.
-const PREFETCH_F32: usize = 2048;
+pub(crate) const PREFETCH_F32: usize = 2048;
 
 /// Prefetches the cache line holding `x[i]`; `i` may run past the slice (into the next
 /// block of a contiguous column): a prefetch never faults.
 #[inline(always)]
-fn prefetch<T>(x: &[T], i: usize) {
+pub(crate) fn prefetch<T>(x: &[T], i: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `_mm_prefetch` is a hint; it reads nothing and cannot fault on any address.
     unsafe {
@@ -668,18 +701,44 @@ fn prefetch<T>(x: &[T], i: usize) {
 
 /// Statistics of a block of f32 values; `FINITE` also tracks the finite min/max.
 #[inline(always)]
-fn stats_f32_any<const FINITE: bool>(x: &[f32], mask: Option<&[u8]>) -> BlockStats {
+fn stats_f32_any<const FINITE: bool>(x: &[f32], mask: Option<&[u8]>, selected: u64, level: Level) -> BlockStats {
     let pivot = first_finite(x, mask, |v| v.is_finite()).map_or(0.0, |v| v as f64);
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512 {
+        // SAFETY: `level()` saw AVX-512 F/BW/VL/DQ on this CPU; the mask covers the block.
+        return match mask {
+            None => {
+                reduce_lanes::<false, FINITE>(x, &[], pivot, x.len() as u64, unsafe { cpu_simd::stats_f32::<false, FINITE>(x, &[], pivot) })
+            }
+            Some(m) => reduce_lanes::<true, FINITE>(x, m, pivot, selected, unsafe { cpu_simd::stats_f32::<true, FINITE>(x, m, pivot) }),
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx2 {
+        // SAFETY: `level()` saw AVX2 on this CPU; the mask covers the block.
+        return match mask {
+            None => reduce_lanes::<false, FINITE>(
+                x,
+                &[],
+                pivot,
+                x.len() as u64,
+                unsafe { cpu_simd::stats_f32_avx2::<false, FINITE>(x, &[], pivot) }.into(),
+            ),
+            Some(m) => {
+                reduce_lanes::<true, FINITE>(x, m, pivot, selected, unsafe { cpu_simd::stats_f32_avx2::<true, FINITE>(x, m, pivot) }.into())
+            }
+        };
+    }
     match mask {
-        None => stats_f32_lanes::<false, FINITE>(x, &[], pivot),
-        Some(m) => stats_f32_lanes::<true, FINITE>(x, m, pivot),
+        None => stats_f32_lanes::<false, FINITE>(x, &[], pivot, x.len() as u64),
+        Some(m) => stats_f32_lanes::<true, FINITE>(x, m, pivot, selected),
     }
 }
 
 /// The f32 stats kernel: 16 lanes; classification and min/max in f32, sums of
-/// `x - pivot` and its square in f64.
+/// `x - pivot` and its square in f64. `selected`: the rows the mask keeps.
 #[inline(always)]
-fn stats_f32_lanes<const MASKED: bool, const FINITE: bool>(x: &[f32], mask: &[u8], pivot: f64) -> BlockStats {
+fn stats_f32_lanes<const MASKED: bool, const FINITE: bool>(x: &[f32], mask: &[u8], pivot: f64, selected: u64) -> BlockStats {
     const L: usize = 16;
     let mut s = [0f64; L];
     let mut s2 = [0f64; L];
@@ -687,8 +746,7 @@ fn stats_f32_lanes<const MASKED: bool, const FINITE: bool>(x: &[f32], mask: &[u8
     let mut mx = [f32::NEG_INFINITY; L];
     let mut fmn = [f32::INFINITY; L];
     let mut fmx = [f32::NEG_INFINITY; L];
-    let mut selected = 0u64;
-    let (mut cnt, mut sel) = ([0u32; L], [0u32; L]);
+    let mut cnt = [0u32; L];
     let n = x.len();
     let full = n / L * L;
     let ones = [1u8; L];
@@ -724,19 +782,39 @@ fn stats_f32_lanes<const MASKED: bool, const FINITE: bool>(x: &[f32], mask: &[u8
                 fmx[l] = if fin & (v > fmx[l]) { v } else { fmx[l] };
             }
             cnt[l] += ok as u32;
-            if MASKED {
-                sel[l] += on as u32;
-            }
-        }
-        if !MASKED {
-            selected += (n - i).min(L) as u64;
         }
         i += L;
     }
     let count: u64 = cnt.iter().map(|&c| c as u64).sum();
-    if MASKED {
-        selected = sel.iter().map(|&c| c as u64).sum();
-    }
+    let lanes = LaneStats { count, s, s2, mn, mx, fmn, fmx };
+    reduce_lanes::<MASKED, FINITE>(x, mask, pivot, selected, lanes)
+}
+
+/// Per-lane results of the f32 stats kernels (portable, AVX-512, and AVX2 padded to 16
+/// lanes), reduced by `reduce_lanes`.
+pub(crate) struct LaneStats {
+    /// Selected non-NaN values.
+    pub(crate) count: u64,
+    /// Lane sums of `x - pivot`.
+    pub(crate) s: [f64; 16],
+    /// Lane sums of `(x - pivot)²`.
+    pub(crate) s2: [f64; 16],
+    /// Lane minima.
+    pub(crate) mn: [f32; 16],
+    /// Lane maxima.
+    pub(crate) mx: [f32; 16],
+    /// Lane minima of the finite values.
+    pub(crate) fmn: [f32; 16],
+    /// Lane maxima of the finite values.
+    pub(crate) fmx: [f32; 16],
+}
+
+/// The block's statistics from the f32 kernel's lanes (`selected`: rows the mask keeps).
+#[inline(always)]
+fn reduce_lanes<const MASKED: bool, const FINITE: bool>(x: &[f32], mask: &[u8], pivot: f64, selected: u64, lanes: LaneStats) -> BlockStats {
+    let LaneStats { count, s, s2, mn, mx, fmn, fmx } = lanes;
+    const L: usize = 16;
+    let n = x.len();
     // ±inf make the sum of squares infinite (finite f32 values cannot overflow it), so
     // infinities are counted only in the rare blocks that have them.
     let s2_finite = s2.iter().all(|v| v.is_finite());
@@ -855,10 +933,11 @@ fn pairwise(v: &[f64; 8]) -> f64 {
     ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))
 }
 
-/// Copies of a histogram's counts per thread: 4 interleaved for small histograms, 1 for
-/// large ones (whose bins rarely repeat back to back anyway).
+/// Copies of a histogram's counts per thread: 8 interleaved for small histograms (a run of
+/// values in one bin, or out of range, would otherwise wait on each increment), 1 for
+/// large ones.
 fn hist_copies(bins: u32) -> usize {
-    if bins <= 4096 { 4 } else { 1 }
+    if bins <= 4096 { 8 } else { 1 }
 }
 
 /// Histogram of one block: bin codes computed by a vectorizable loop (`bins` = below,
@@ -868,61 +947,73 @@ fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, counts: &mut [u
     let scale = bin_scale(h.lo, h.hi, h.bins);
     let (lo, hi, bins) = (h.lo, h.hi, h.bins);
     let last = (bins - 1) as f64;
-    codes.clear();
+    // Every code is written below: the buffer is not cleared first (resize only fills
+    // what it adds).
     codes.resize(x.len(), 0);
-    let (codes_out, n) = (&mut codes[..], x.len());
-    for i in 0..n {
-        let v = x[i].f64();
-        let t = ((v - lo) * scale).floor();
-        // Clamped in f64 first so that the conversion is in range (NaN and negatives are
-        // replaced below).
-        let t = if t >= last {
-            last
-        } else if t >= 0.0 {
-            t
-        } else {
-            0.0
-        };
-        // SAFETY: t is finite and in [0, bins - 1] (NaN fails both comparisons above and
-        // becomes 0), so the conversion is exact; the unchecked form vectorizes.
-        let c = unsafe { t.to_int_unchecked::<i32>() } as u32;
-        let c = if v < lo { bins } else { c };
-        let c = if v > hi { bins + 1 } else { c };
-        let c = if v.is_nan() { bins + 2 } else { c };
-        codes_out[i] = c;
+    // Runs of 64 values, each prefetching ahead first: a prefetch inside the vectorized
+    // loop would stop it vectorizing.
+    for (run, out) in x.chunks(64).zip(codes.chunks_mut(64)) {
+        for k in (0..run.len()).step_by(64 / std::mem::size_of::<T>().clamp(1, 64)) {
+            prefetch(run, k + PREFETCH_F32);
+        }
+        for (o, &v) in out.iter_mut().zip(run) {
+            let v = v.f64();
+            let t = ((v - lo) * scale).floor();
+            // Clamped in f64 first so that the conversion is in range (NaN and negatives
+            // are replaced below).
+            let t = if t >= last {
+                last
+            } else if t >= 0.0 {
+                t
+            } else {
+                0.0
+            };
+            // SAFETY: t is finite and in [0, bins - 1] (NaN fails both comparisons above
+            // and becomes 0), so the conversion is exact; the unchecked form vectorizes.
+            let c = unsafe { t.to_int_unchecked::<i32>() } as u32;
+            let c = if v < lo { bins } else { c };
+            let c = if v > hi { bins + 1 } else { c };
+            *o = if v.is_nan() { bins + 2 } else { c };
+        }
     }
     if let Some(m) = mask {
         for i in 0..x.len() {
             codes[i] = if m[i] != 0 { codes[i] } else { bins + 3 };
         }
     }
-    // Interleaved copies of the counts (four for small histograms), so that runs of one bin
+    // Interleaved copies of the counts (eight for small histograms), so that runs of one bin
     // do not serialize on a single memory location.
     let stride = counts.len() / hist_copies(bins);
+    // Every code is at most bins + 3 < stride = bins + 4 (the unchecked indexing below).
+    assert!(stride > bins as usize + 3);
     if stride == counts.len() {
         for &c in codes.iter() {
-            counts[c as usize] += 1;
+            // SAFETY: c < stride = counts.len() (asserted above).
+            unsafe { *counts.get_unchecked_mut(c as usize) += 1 };
         }
         return;
     }
-    let (c0, rest) = counts.split_at_mut(stride);
-    let (c1, rest) = rest.split_at_mut(stride);
-    let (c2, c3) = rest.split_at_mut(stride);
-    let quads = codes.chunks_exact(4);
-    let tail = quads.remainder();
-    for q in quads {
-        c0[q[0] as usize] += 1;
-        c1[q[1] as usize] += 1;
-        c2[q[2] as usize] += 1;
-        c3[q[3] as usize] += 1;
+    let copies: &mut [&mut [u64]; 8] = &mut [&mut [][..], &mut [], &mut [], &mut [], &mut [], &mut [], &mut [], &mut []];
+    for (slot, chunk) in copies.iter_mut().zip(counts.chunks_exact_mut(stride)) {
+        *slot = chunk;
+    }
+    let runs = codes.chunks_exact(8);
+    let tail = runs.remainder();
+    for q in runs {
+        for k in 0..8 {
+            // SAFETY: every code < stride, the length of each copy (asserted above).
+            unsafe { *copies[k].get_unchecked_mut(q[k] as usize) += 1 };
+        }
     }
     for &c in tail {
-        c0[c as usize] += 1;
+        copies[0][c as usize] += 1;
     }
 }
 
 /// Per-thread buffers of the group-by kernel.
 struct GroupBufs<'s> {
+    lanes: &'s mut Vec<GroupLanes>,
+    infs: &'s mut Vec<u64>,
     keys: &'s mut Vec<i128>,
     slots: &'s mut Vec<u32>,
     table: &'s mut Vec<u32>,
@@ -938,72 +1029,59 @@ fn group_block<'a>(
     mask: Option<&[u8]>,
     sources: impl Iterator<Item = View<'a>>,
     bufs: GroupBufs,
+    level: Level,
 ) -> Vec<(i128, u64, Vec<BlockStats>)> {
-    let GroupBufs { keys, slots, table, map, order, gbuf } = bufs;
+    let GroupBufs { lanes, infs, keys, slots, table, map, order, gbuf } = bufs;
     let n = on_view!(key, x => x.len());
     let narrow = matches!(key, View::I8(_) | View::U8(_) | View::I16(_) | View::U16(_));
     keys.clear();
     slots.clear();
     slots.resize(n, u32::MAX);
-    let mut rows: Vec<u64> = Vec::new();
-    const OFF: i128 = 32768;
     if narrow && table.is_empty() {
         table.resize(65536 + 32768, 0);
     }
-    on_view!(key, x => {
-        for i in 0..n {
-            if mask.is_some_and(|m| m[i] == 0) {
-                continue;
-            }
-            let kv = x[i].i128();
-            let slot = if narrow {
-                let e = &mut table[(kv + OFF) as usize];
-                if *e == 0 {
-                    keys.push(kv);
-                    rows.push(0);
-                    *e = keys.len() as u32;
-                }
-                *e - 1
-            } else {
-                *map.entry(kv).or_insert_with(|| {
-                    keys.push(kv);
-                    rows.push(0);
-                    keys.len() as u32 - 1
-                })
-            };
-            slots[i] = slot;
-            rows[slot as usize] += 1;
-        }
-    });
     if narrow {
+        on_view!(key, x => narrow_slots(x, mask, table, keys, slots));
         for &kv in keys.iter() {
-            table[(kv + OFF) as usize] = 0;
+            table[(kv + KEY_OFFSET as i128) as usize] = 0;
         }
     } else {
+        on_view!(key, x => {
+            for i in 0..n {
+                if mask.is_some_and(|m| m[i] == 0) {
+                    continue;
+                }
+                let kv = x[i].i128();
+                slots[i] = *map.entry(kv).or_insert_with(|| {
+                    keys.push(kv);
+                    keys.len() as u32 - 1
+                });
+            }
+        });
         map.clear();
     }
     let g = keys.len();
-    // Row indices sorted by group (a counting sort that keeps row order within a group),
-    // so that f32 columns run the vectorized stats kernel on each group's values.
-    let mut start = vec![0usize; g + 1];
-    for j in 0..g {
-        start[j + 1] = start[j] + rows[j] as usize;
-    }
-    // `order[i]`: where row i goes in group order; unselected rows go to a spare last slot.
-    let spare = start[g] as u32;
-    let mut fill = start.clone();
-    order.clear();
-    order.resize(n, spare);
-    for (i, &slot) in slots.iter().enumerate() {
-        if slot != u32::MAX {
-            order[i] = fill[slot as usize] as u32;
-            fill[slot as usize] += 1;
-        }
-    }
+    let rows = rows_per_group(slots, g);
+    let sources: Vec<View> = sources.collect();
+    // f32 columns: row by row into per-group accumulators when the groups are few enough
+    // for those to stay in cache, else gathered into group order (below).
+    let f32_cols: Vec<&[f32]> = sources.iter().filter_map(|v| if let View::F32(x) = *v { Some(x) } else { None }).collect();
+    let mut row_wise = if level != Level::Base && g <= ROW_GROUPS_MAX && f32_cols.len() >= ROW_COLUMNS_MIN {
+        group_rows_f32(level, &f32_cols, slots, &rows, g, lanes, infs).into_iter()
+    } else {
+        Vec::new().into_iter()
+    };
+    // Row indices sorted by group for the gather path, made when first needed.
+    let mut start = Vec::new();
     let mut per_source: Vec<Vec<BlockStats>> = Vec::new();
     for src in sources {
         let acc = match src {
+            View::F32(_) if row_wise.len() > 0 => row_wise.next().expect("one result per f32 column"),
             View::F32(x) => {
+                if start.is_empty() {
+                    group_order(slots, &rows, &mut start, order);
+                }
+                let spare = start[g] as u32;
                 gbuf.clear();
                 gbuf.resize(spare as usize + 1, 0.0);
                 let (dst, idx, x) = (&mut gbuf[..], &order[..n], &x[..n]);
@@ -1015,7 +1093,7 @@ fn group_block<'a>(
                 }
                 let mut acc = Vec::with_capacity(g);
                 for j in 0..g {
-                    acc.push(stats_f32_any::<false>(&gbuf[start[j]..start[j + 1]], None));
+                    acc.push(stats_f32_any::<false>(&gbuf[start[j]..start[j + 1]], None, rows[j], Level::Base));
                 }
                 acc
             }
@@ -1028,6 +1106,144 @@ fn group_block<'a>(
         per_source.push(acc);
     }
     (0..g).map(|j| (keys[j], rows[j], per_source.iter().map(|acc| acc[j]).collect())).collect()
+}
+
+/// Offset of a narrow (8/16-bit) key in the per-thread key table.
+const KEY_OFFSET: i64 = 32768;
+
+/// Dense group slots of a block's narrow keys, in first-seen order: `slots[i]` for row i
+/// (`u32::MAX` when unselected), `keys[j]` for slot j. `table[key + KEY_OFFSET]` is 1 + the
+/// key's slot, 0 when unseen (the caller resets the entries of `keys` afterwards).
+#[inline(never)]
+fn narrow_slots<T: Elem>(x: &[T], mask: Option<&[u8]>, table: &mut [u32], keys: &mut Vec<i128>, slots: &mut [u32]) {
+    let slots = &mut slots[..x.len()];
+    // SAFETY (the unchecked indexing below): a narrow key is in [-32768, 65535], so
+    // key + KEY_OFFSET < table.len() = 65536 + 32768 (asserted).
+    assert!(table.len() >= 65536 + KEY_OFFSET as usize);
+    let mut slot_of = |v: T, table: &mut [u32]| {
+        let idx = (v.i64() + KEY_OFFSET) as usize;
+        let e = unsafe { *table.get_unchecked(idx) };
+        if e != 0 {
+            return e - 1;
+        }
+        keys.push(v.i128());
+        unsafe { *table.get_unchecked_mut(idx) = keys.len() as u32 };
+        keys.len() as u32 - 1
+    };
+    match mask {
+        None => {
+            for i in 0..x.len() {
+                slots[i] = slot_of(x[i], table);
+            }
+        }
+        Some(m) => {
+            for i in 0..x.len() {
+                slots[i] = if m[i] != 0 { slot_of(x[i], table) } else { u32::MAX };
+            }
+        }
+    }
+}
+
+/// Selected rows per group (of g) given each row's group slot (`u32::MAX`: unselected).
+/// Not inlined: in the long block function its loop would spill its pointers.
+#[inline(never)]
+fn rows_per_group(slots: &[u32], g: usize) -> Vec<u64> {
+    let mut rows = vec![0u64; g + 1];
+    for &slot in slots {
+        rows[(slot as usize).min(g)] += 1;
+    }
+    rows.truncate(g);
+    rows
+}
+
+/// `order[i]`: where row i goes when the block's rows are sorted by group (a counting sort
+/// that keeps row order within a group); unselected rows go to a spare last place.
+/// `start[j]..start[j + 1]` are group j's places.
+fn group_order(slots: &[u32], rows: &[u64], start: &mut Vec<usize>, order: &mut Vec<u32>) {
+    let g = rows.len();
+    start.clear();
+    start.push(0);
+    for j in 0..g {
+        start.push(start[j] + rows[j] as usize);
+    }
+    let spare = start[g] as u32;
+    let mut fill = start.clone();
+    order.clear();
+    order.resize(slots.len(), spare);
+    for (i, &slot) in slots.iter().enumerate() {
+        if slot != u32::MAX {
+            order[i] = fill[slot as usize] as u32;
+            fill[slot as usize] += 1;
+        }
+    }
+}
+
+/// Most groups in a block for the row-wise kernel (its accumulators, 256 bytes per group,
+/// stay in the L2 cache).
+const ROW_GROUPS_MAX: usize = 4096;
+/// Fewest f32 columns for the row-wise kernel: with fewer, most of its lanes would idle and
+/// gathering each column into group order is faster.
+const ROW_COLUMNS_MIN: usize = 3;
+
+/// Per-group statistics of f32 columns (result `[column][group]`), `GW` columns at a time
+/// by the row-wise kernel (AVX-512 or AVX2), so every group's sums run in row order (as the CUDA
+/// kernel's). `slots[i]` is row i's group,
+/// `u32::MAX` for an unselected row; `rows[j]` the selected rows of group j.
+#[inline(always)]
+fn group_rows_f32(
+    level: Level,
+    cols: &[&[f32]],
+    slots: &[u32],
+    rows: &[u64],
+    g: usize,
+    lanes: &mut Vec<GroupLanes>,
+    infs: &mut Vec<u64>,
+) -> Vec<Vec<BlockStats>> {
+    assert!(level != Level::Base, "the row-wise group kernel needs AVX2 or AVX-512");
+    let n = slots.len();
+    let mut out = Vec::with_capacity(cols.len());
+    for chunk in cols.chunks(GW) {
+        // One spare accumulator at index g takes the unselected rows.
+        lanes.clear();
+        lanes.resize(g + 1, GroupLanes::EMPTY);
+        // SAFETY: `level()` saw these features on this CPU; every column is a block of n
+        // rows and lanes has g + 1 entries.
+        match level {
+            Level::Avx512 => unsafe { cpu_simd::group_rows(chunk, slots, g, lanes) },
+            _ => unsafe { cpu_simd::group_rows_avx2(chunk, slots, g, lanes) },
+        }
+        for (c, col) in chunk.iter().enumerate() {
+            // ±inf make a sum of squares infinite (finite f32 values cannot), so infinities
+            // are counted only for columns that have them.
+            let has_inf = lanes[..g].iter().any(|a| !a.s2[c].is_finite());
+            infs.clear();
+            infs.resize(g + 1, 0);
+            if has_inf {
+                for (i, &x) in col[..n].iter().enumerate() {
+                    infs[(slots[i] as usize).min(g)] += x.is_infinite() as u64;
+                }
+            }
+            out.push(
+                (0..g)
+                    .map(|j| {
+                        let a = &lanes[j];
+                        BlockStats {
+                            count: a.cnt[c] as u64,
+                            nan: rows[j] - a.cnt[c] as u64,
+                            inf: infs[j],
+                            pivot: a.pivot[c],
+                            sum_d: a.s[c],
+                            sum_d2: a.s2[c],
+                            min: a.mn[c] as f64,
+                            max: a.mx[c] as f64,
+                            ..BlockStats::default()
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    out
 }
 
 #[inline(always)]
@@ -1206,3 +1422,7 @@ fn write_output(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "cpu_kernel_tests.rs"]
+mod kernel_tests;

@@ -1,0 +1,232 @@
+//! The CPU backend's hand-written AVX-512 kernels against the portable kernels and a
+//! plain f64 reference, on random data (seeded and printed) with NaN, ±inf, denormals and
+//! awkward sizes. Skipped, saying so, on a CPU without AVX-512.
+
+use super::*;
+use crate::synth::Rng;
+
+fn seed() -> u64 {
+    let s = std::env::var("TILESTREAM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7));
+    eprintln!("seed {s} (TILESTREAM_SEED={s} repeats this run)");
+    s
+}
+
+fn has_avx512() -> bool {
+    let yes = level() == Level::Avx512;
+    if !yes {
+        eprintln!("skipped: this CPU has no AVX-512 (or TILESTREAM_SIMD caps it); the portable kernels ran instead");
+    }
+    yes
+}
+
+/// A random f32: mostly normal values, with NaN, ±inf, denormals, ±0 and huge values.
+fn value(rng: &mut Rng, nan_rate: f64) -> f32 {
+    let u = rng.uniform();
+    if u < nan_rate {
+        return f32::NAN;
+    }
+    match (rng.uniform() * 40.0) as u32 {
+        0 => f32::INFINITY,
+        1 => f32::NEG_INFINITY,
+        2 => f32::from_bits(1 + (rng.next_u64() % 0x7F_FFFF) as u32),
+        3 => -0.0,
+        4 => 0.0,
+        5 => 3.0e38 * (rng.uniform() as f32 - 0.5),
+        _ => (rng.normal() * 100.0 + 1.0e4) as f32,
+    }
+}
+
+const SIZES: &[usize] = &[0, 1, 2, 15, 16, 17, 31, 33, 255, 1000, 8191, 8192];
+
+#[test]
+fn avx512_stats_kernel_is_bit_identical_to_the_portable_one() {
+    if !has_avx512() {
+        return;
+    }
+    let mut rng = Rng::new(seed());
+    for &n in SIZES {
+        for nan_rate in [0.0, 0.05, 1.0] {
+            // Infinities only in some runs: the kernel counts them only when a sum overflows.
+            let x: Vec<f32> =
+                (0..n).map(|_| value(&mut rng, nan_rate)).map(|v| if n % 2 == 0 && v.is_infinite() { 1.5 } else { v }).collect();
+            let mask: Vec<u8> = (0..n).map(|_| (rng.uniform() < 0.6) as u8).collect();
+            for m in [None, Some(&mask[..])] {
+                let sel = m.map_or(n, |m| m.iter().filter(|&&b| b != 0).count()) as u64;
+                let fast = (stats_f32_any::<true>(&x, m, sel, Level::Avx512), stats_f32_any::<false>(&x, m, sel, Level::Avx512));
+                let slow = (stats_f32_any::<true>(&x, m, sel, Level::Base), stats_f32_any::<false>(&x, m, sel, Level::Base));
+                let what = format!("n={n} nan_rate={nan_rate} masked={}", m.is_some());
+                assert_eq!(format!("{:?}", fast), format!("{:?}", slow), "{what}");
+                // And the counts against a plain reference.
+                let sel: Vec<f32> = x.iter().zip(&mask).filter(|&(_, &b)| m.is_none() || b != 0).map(|(&v, _)| v).collect();
+                assert_eq!(fast.0.count, sel.iter().filter(|v| !v.is_nan()).count() as u64, "{what}: count");
+                assert_eq!(fast.0.nan, sel.iter().filter(|v| v.is_nan()).count() as u64, "{what}: nan");
+                assert_eq!(fast.0.inf, sel.iter().filter(|v| v.is_infinite()).count() as u64, "{what}: inf");
+            }
+        }
+    }
+}
+
+/// Per-group statistics by the obvious loop: rows in order, each shifted by its group's
+/// first finite value, sums in f64.
+fn reference_groups(cols: &[Vec<f32>], slots: &[u32], g: usize) -> Vec<Vec<BlockStats>> {
+    cols.iter()
+        .map(|col| {
+            (0..g)
+                .map(|j| {
+                    let vals: Vec<f32> = slots.iter().zip(col).filter(|&(&s, _)| s as usize == j).map(|(_, &v)| v).collect();
+                    let pivot = vals.iter().find(|v| v.is_finite()).map_or(0.0, |&v| v as f64);
+                    let mut b = BlockStats { pivot, ..BlockStats::default() };
+                    for &v in &vals {
+                        if v.is_nan() {
+                            b.nan += 1;
+                            continue;
+                        }
+                        let d = v as f64 - pivot;
+                        b.count += 1;
+                        b.inf += v.is_infinite() as u64;
+                        b.sum_d += d;
+                        b.sum_d2 += d * d;
+                        // The first of equal values (-0 and +0) stays, as in the kernel.
+                        b.min = if (v as f64) < b.min { v as f64 } else { b.min };
+                        b.max = if (v as f64) > b.max { v as f64 } else { b.max };
+                    }
+                    b
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Both row-wise group kernels (AVX-512 and AVX2; an AVX-512 CPU runs both).
+#[test]
+fn avx512_and_avx2_group_kernels_match_a_row_order_f64_reference_exactly() {
+    let levels: Vec<Level> =
+        [Level::Avx512, Level::Avx2].into_iter().filter(|&l| l == Level::Avx2 || has_avx512()).filter(|_| level() != Level::Base).collect();
+    if levels.is_empty() {
+        eprintln!("skipped: this CPU has no AVX2 (or TILESTREAM_SIMD=sse2); the gather path ran instead");
+        return;
+    }
+    let mut rng = Rng::new(seed());
+    let (mut lanes, mut infs) = (Vec::new(), Vec::new());
+    for &n in SIZES {
+        for ncols in [1, 3, 8, 9, 17] {
+            let g = 1 + (rng.next_u64() % 70) as usize;
+            let nan_rate = [0.0, 0.1, 1.0][(rng.next_u64() % 3) as usize];
+            let cols: Vec<Vec<f32>> = (0..ncols).map(|_| (0..n).map(|_| value(&mut rng, nan_rate)).collect()).collect();
+            // Skewed groups, some rows unselected (u32::MAX).
+            let slots: Vec<u32> =
+                (0..n).map(|_| if rng.uniform() < 0.2 { u32::MAX } else { (rng.uniform() * rng.uniform() * g as f64) as u32 }).collect();
+            let rows: Vec<u64> = (0..g).map(|j| slots.iter().filter(|&&s| s as usize == j).count() as u64).collect();
+            let views: Vec<&[f32]> = cols.iter().map(|c| &c[..]).collect();
+            let want = reference_groups(&cols, &slots, g);
+            for &level in &levels {
+                let got = group_rows_f32(level, &views, &slots, &rows, g, &mut lanes, &mut infs);
+                for (c, (gc, wc)) in got.iter().zip(&want).enumerate() {
+                    for (j, (a, b)) in gc.iter().zip(wc).enumerate() {
+                        let what =
+                            format!("{} n={n} cols={ncols} g={g} col {c} group {j}", if level == Level::Avx2 { "avx2" } else { "avx512" });
+                        assert_eq!((a.count, a.nan, a.inf), (b.count, b.nan, b.inf), "{what}: counts");
+                        for (x, y, f) in [
+                            (a.pivot, b.pivot, "pivot"),
+                            (a.sum_d, b.sum_d, "sum"),
+                            (a.sum_d2, b.sum_d2, "sum of squares"),
+                            (a.min, b.min, "min"),
+                            (a.max, b.max, "max"),
+                        ] {
+                            assert!(x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()), "{what}: {f} {x} vs {y}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Narrow integer columns compare in i32 against a clamped literal: the same answers as in
+/// i64 for every literal, including ones far outside the column type's range.
+#[test]
+fn narrow_integer_comparisons_agree_with_i64_for_any_literal() {
+    let mut rng = Rng::new(seed());
+    let u8s: Vec<u8> = (0..300).map(|i| if i < 2 { [0, 255][i] } else { rng.next_u64() as u8 }).collect();
+    let i16s: Vec<i16> = (0..300).map(|i| if i < 2 { [i16::MIN, i16::MAX][i] } else { rng.next_u64() as i16 }).collect();
+    let u16s: Vec<u16> = (0..300).map(|i| if i < 2 { [0, u16::MAX][i] } else { rng.next_u64() as u16 }).collect();
+    let ks = [i64::MIN, -65538, -65537, -32769, -32768, -1, 0, 1, 127, 255, 256, 32767, 65535, 65536, 65537, 1 << 40, i64::MAX];
+    for k in ks {
+        for c in [Cmp::Lt, Cmp::Le, Cmp::Gt, Cmp::Ge, Cmp::Eq, Cmp::Ne] {
+            let want = |v: i64| match c {
+                Cmp::Lt => v < k,
+                Cmp::Le => v <= k,
+                Cmp::Gt => v > k,
+                Cmp::Ge => v >= k,
+                Cmp::Eq => v == k,
+                Cmp::Ne => v != k,
+            } as u8;
+            let mut o = vec![9u8; 300];
+            compare_i_const(c, &u8s, k, &mut o);
+            assert_eq!(o, u8s.iter().map(|&v| want(v as i64)).collect::<Vec<_>>(), "u8 {c:?} {k}");
+            compare_i_const(c, &i16s, k, &mut o);
+            assert_eq!(o, i16s.iter().map(|&v| want(v as i64)).collect::<Vec<_>>(), "i16 {c:?} {k}");
+            compare_i_const(c, &u16s, k, &mut o);
+            assert_eq!(o, u16s.iter().map(|&v| want(v as i64)).collect::<Vec<_>>(), "u16 {c:?} {k}");
+        }
+    }
+}
+
+/// The 8-lane order of the AVX2 stats kernel, written as plain loops.
+fn lanes8_reference(x: &[f32], mask: Option<&[u8]>, pivot: f64) -> cpu_simd::LaneStats8 {
+    let mut l = cpu_simd::LaneStats8 {
+        count: 0,
+        s: [0.0; 8],
+        s2: [0.0; 8],
+        mn: [f32::INFINITY; 8],
+        mx: [f32::NEG_INFINITY; 8],
+        fmn: [f32::INFINITY; 8],
+        fmx: [f32::NEG_INFINITY; 8],
+    };
+    for (i, &v) in x.iter().enumerate() {
+        let k = i % 8;
+        let ok = mask.is_none_or(|m| m[i] != 0) && !v.is_nan();
+        let d = if ok { v as f64 - pivot } else { 0.0 };
+        l.s[k] += d;
+        l.s2[k] += d * d;
+        if ok {
+            l.count += 1;
+            l.mn[k] = if v < l.mn[k] { v } else { l.mn[k] };
+            l.mx[k] = if v > l.mx[k] { v } else { l.mx[k] };
+            if v.is_finite() {
+                l.fmn[k] = if v < l.fmn[k] { v } else { l.fmn[k] };
+                l.fmx[k] = if v > l.fmx[k] { v } else { l.fmx[k] };
+            }
+        }
+    }
+    l
+}
+
+#[test]
+fn avx2_stats_kernel_matches_its_lane_order_written_as_plain_loops() {
+    if level() == Level::Base {
+        eprintln!("skipped: this CPU has no AVX2 (or TILESTREAM_SIMD=sse2)");
+        return;
+    }
+    let mut rng = Rng::new(seed());
+    for &n in SIZES {
+        for nan_rate in [0.0, 0.05, 1.0] {
+            let x: Vec<f32> = (0..n).map(|_| value(&mut rng, nan_rate)).collect();
+            let mask: Vec<u8> = (0..n).map(|_| (rng.uniform() < 0.6) as u8).collect();
+            for m in [None, Some(&mask[..])] {
+                let sel = m.map_or(n, |m| m.iter().filter(|&&b| b != 0).count()) as u64;
+                let pivot = first_finite(&x, m, |v| v.is_finite()).map_or(0.0, |v| v as f64);
+                let got = stats_f32_any::<true>(&x, m, sel, Level::Avx2);
+                let lanes = lanes8_reference(&x, m, pivot);
+                let want = match m {
+                    None => reduce_lanes::<false, true>(&x, &[], pivot, sel, lanes.into()),
+                    Some(m) => reduce_lanes::<true, true>(&x, m, pivot, sel, lanes.into()),
+                };
+                assert_eq!(format!("{got:?}"), format!("{want:?}"), "n={n} nan_rate={nan_rate} masked={}", m.is_some());
+            }
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! Hand-written vector kernels of the CPU backend, for loops the compiler does not
+//! vectorize well on its own: the row-wise group-by update (one row's values of eight
+//! columns, transposed into one vector, update its group's accumulators), in AVX-512 and
+//! AVX2 forms, and the AVX-512 f32 statistics kernel.
+//!
+//! Each function names the features it requires; `cpu.rs` calls it only after `level()`
+//! saw them on this CPU.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::cpu::LaneStats;
+
+/// Columns one pass of the row-wise group kernel updates per row.
+pub(crate) const GW: usize = 8;
+/// Rows the row-wise group kernel transposes at a time.
+const GR: usize = 16;
+
+/// Running statistics of one group over up to `GW` f32 columns, one lane per column.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub(crate) struct GroupLanes {
+    /// Σ (x - pivot) per column.
+    pub s: [f64; GW],
+    /// Σ (x - pivot)² per column.
+    pub s2: [f64; GW],
+    /// The column's first finite value in the group (0 when it has none).
+    pub pivot: [f64; GW],
+    /// Minimum (NaN skipped).
+    pub mn: [f32; GW],
+    /// Maximum (NaN skipped).
+    pub mx: [f32; GW],
+    /// Non-NaN values.
+    pub cnt: [u32; GW],
+    /// Bit c: column c has its pivot.
+    pub has_pivot: u8,
+}
+
+impl GroupLanes {
+    /// No rows yet.
+    pub(crate) const EMPTY: GroupLanes = GroupLanes {
+        s: [0.0; GW],
+        s2: [0.0; GW],
+        pivot: [0.0; GW],
+        mn: [f32::INFINITY; GW],
+        mx: [f32::NEG_INFINITY; GW],
+        cnt: [0; GW],
+        has_pivot: 0,
+    };
+}
+
+/// Adds one row's values (`v`, one lane per column) to its group, shifted by the group's
+/// pivots (set beforehand by `group_pivots`). AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn update(a: &mut GroupLanes, v: __m256) {
+    // SAFETY (whole body): the caller runs with AVX-512 F/VL/DQ; every pointer is a field
+    // of `a` of the width read or written (`GroupLanes` is 64-byte aligned, but the loads
+    // and stores are the unaligned forms anyway).
+    unsafe {
+        let x = _mm512_cvtps_pd(v);
+        // fpclass 0x81: quiet or signalling NaN.
+        let ok = !_mm256_fpclass_ps_mask::<0x81>(v);
+        let d = _mm512_maskz_sub_pd(ok, x, _mm512_loadu_pd(a.pivot.as_ptr()));
+        _mm512_storeu_pd(a.s.as_mut_ptr(), _mm512_add_pd(_mm512_loadu_pd(a.s.as_ptr()), d));
+        _mm512_storeu_pd(a.s2.as_mut_ptr(), _mm512_add_pd(_mm512_loadu_pd(a.s2.as_ptr()), _mm512_mul_pd(d, d)));
+        // min_ps(v, m) = v < m ? v : m, so NaN keeps m (likewise max).
+        _mm256_storeu_ps(a.mn.as_mut_ptr(), _mm256_min_ps(v, _mm256_loadu_ps(a.mn.as_ptr())));
+        _mm256_storeu_ps(a.mx.as_mut_ptr(), _mm256_max_ps(v, _mm256_loadu_ps(a.mx.as_ptr())));
+        let cnt = _mm256_loadu_si256(a.cnt.as_ptr() as *const __m256i);
+        _mm256_storeu_si256(a.cnt.as_mut_ptr() as *mut __m256i, _mm256_mask_add_epi32(cnt, ok, cnt, _mm256_set1_epi32(1)));
+    }
+}
+
+/// Sets each group's pivot per column: its first finite value in row order (0 when it has
+/// none). The sums then shift by it from the first row on: the rows before it hold only
+/// NaN (skipped) or ±inf, whose shifted sums do not depend on the pivot.
+fn group_pivots(cols: &[&[f32]], slots: &[u32], g: usize, lanes: &mut [GroupLanes]) {
+    let all = ((1u16 << cols.len()) - 1) as u8;
+    let mut missing = g * cols.len();
+    for (i, &slot) in slots.iter().enumerate() {
+        let Some(a) = lanes.get_mut(slot as usize).filter(|_| (slot as usize) < g) else { continue };
+        if a.has_pivot == all {
+            continue;
+        }
+        for (c, col) in cols.iter().enumerate() {
+            if a.has_pivot & (1 << c) == 0 && col[i].is_finite() {
+                a.pivot[c] = col[i] as f64;
+                a.has_pivot |= 1 << c;
+                missing -= 1;
+            }
+        }
+        if missing == 0 {
+            break;
+        }
+    }
+}
+
+/// Adds rows `[0, n)` of up to `GW` f32 columns to their groups' accumulators: row i goes to
+/// `lanes[min(slots[i], g)]` (so `u32::MAX`, an unselected row, goes to the spare
+/// accumulator `g`), in row order. Columns past `cols.len()` read as NaN.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/DQ. Every column holds at least `slots.len()` values
+/// and `lanes.len() == g + 1`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+pub(crate) unsafe fn group_rows(cols: &[&[f32]], slots: &[u32], g: usize, lanes: &mut [GroupLanes]) {
+    let n = slots.len();
+    assert!(cols.len() <= GW && lanes.len() == g + 1 && cols.iter().all(|c| c.len() >= n), "group_rows: bad shapes");
+    group_pivots(cols, slots, g, lanes);
+    let full = n / GR * GR;
+    // permutex2var indices: [A.lane0, B.lane0, A.lane1, B.lane1] and the same of lanes 2, 3.
+    let idx01 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    let idx23 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    let nan = _mm512_set1_ps(f32::NAN);
+    let mut i = 0;
+    while i < full {
+        // c[k]: rows i..i+16 of column k.
+        let mut c = [nan; GW];
+        for (k, col) in cols.iter().enumerate() {
+            super::cpu::prefetch(col, i + super::cpu::PREFETCH_F32);
+            // SAFETY: i + GR <= n <= col.len().
+            c[k] = unsafe { _mm512_loadu_ps(col.as_ptr().add(i)) };
+        }
+        // Transpose within 128-bit lanes (lane L holds rows i+4L..i+4L+3): u[q] holds, in
+        // lane L, row 4L+q's columns 0-3, u[q+4] its columns 4-7.
+        let lo01 = _mm512_unpacklo_ps(c[0], c[1]);
+        let hi01 = _mm512_unpackhi_ps(c[0], c[1]);
+        let lo23 = _mm512_unpacklo_ps(c[2], c[3]);
+        let hi23 = _mm512_unpackhi_ps(c[2], c[3]);
+        let lo45 = _mm512_unpacklo_ps(c[4], c[5]);
+        let hi45 = _mm512_unpackhi_ps(c[4], c[5]);
+        let lo67 = _mm512_unpacklo_ps(c[6], c[7]);
+        let hi67 = _mm512_unpackhi_ps(c[6], c[7]);
+        let u = [
+            _mm512_shuffle_ps::<0x44>(lo01, lo23),
+            _mm512_shuffle_ps::<0xEE>(lo01, lo23),
+            _mm512_shuffle_ps::<0x44>(hi01, hi23),
+            _mm512_shuffle_ps::<0xEE>(hi01, hi23),
+            _mm512_shuffle_ps::<0x44>(lo45, lo67),
+            _mm512_shuffle_ps::<0xEE>(lo45, lo67),
+            _mm512_shuffle_ps::<0x44>(hi45, hi67),
+            _mm512_shuffle_ps::<0xEE>(hi45, hi67),
+        ];
+        // rows[q]: rows q (low half) and 4+q (high half); rows[4+q]: rows 8+q and 12+q.
+        let mut rows = [nan; 8];
+        for q in 0..4 {
+            rows[q] = _mm512_permutex2var_ps(u[q], idx01, u[q + 4]);
+            rows[q + 4] = _mm512_permutex2var_ps(u[q], idx23, u[q + 4]);
+        }
+        let lo = |z: __m512| _mm512_castps512_ps256(z);
+        let hi = |z: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(z)));
+        let ks: &[u32; GR] = slots[i..i + GR].try_into().expect("GR rows");
+        let at = |r: usize| (ks[r] as usize).min(g);
+        // Written out so that the 16 rows unroll: row 4L+q is in rows[q + 4 * (L / 2)],
+        // low half for even L.
+        // SAFETY (each update): AVX-512 is enabled here; the index is at most g < lanes.len().
+        unsafe {
+            update(&mut lanes[at(0)], lo(rows[0]));
+            update(&mut lanes[at(1)], lo(rows[1]));
+            update(&mut lanes[at(2)], lo(rows[2]));
+            update(&mut lanes[at(3)], lo(rows[3]));
+            update(&mut lanes[at(4)], hi(rows[0]));
+            update(&mut lanes[at(5)], hi(rows[1]));
+            update(&mut lanes[at(6)], hi(rows[2]));
+            update(&mut lanes[at(7)], hi(rows[3]));
+            update(&mut lanes[at(8)], lo(rows[4]));
+            update(&mut lanes[at(9)], lo(rows[5]));
+            update(&mut lanes[at(10)], lo(rows[6]));
+            update(&mut lanes[at(11)], lo(rows[7]));
+            update(&mut lanes[at(12)], hi(rows[4]));
+            update(&mut lanes[at(13)], hi(rows[5]));
+            update(&mut lanes[at(14)], hi(rows[6]));
+            update(&mut lanes[at(15)], hi(rows[7]));
+        }
+        i += GR;
+    }
+    for i in full..n {
+        let mut v = [f32::NAN; GW];
+        for (k, col) in cols.iter().enumerate() {
+            v[k] = col[i];
+        }
+        // SAFETY: as above; `v` holds GW f32 values.
+        unsafe { update(&mut lanes[(slots[i] as usize).min(g)], _mm256_loadu_ps(v.as_ptr())) };
+    }
+}
+
+/// Sums, bounds and counts of a block of f32 values (rows whose `mask` byte is non-zero
+/// when `MASKED`), shifted by `pivot`: the portable `stats_f32_lanes` kernel of `cpu.rs`
+/// written with intrinsics, with the same 16 lanes (element `i` in lane `i % 16`), the same
+/// per-lane updates and the same final reduction, so its results are bit-identical.
+/// Returns `(count, [lane sums], [lane sums of squares], min, max, finite min, finite max)`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/DQ; `mask.len() >= x.len()` when `MASKED`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,popcnt")]
+pub(crate) unsafe fn stats_f32<const MASKED: bool, const FINITE: bool>(x: &[f32], mask: &[u8], pivot: f64) -> LaneStats {
+    assert!(!MASKED || mask.len() >= x.len(), "stats_f32: mask shorter than the values");
+    let n = x.len();
+    let piv = _mm512_set1_pd(pivot);
+    let (mut s_lo, mut s_hi, mut s2_lo, mut s2_hi) = (_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd());
+    let (mut mn, mut mx) = (_mm512_set1_ps(f32::INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
+    let (mut fmn, mut fmx) = (mn, mx);
+    let mut count = 0u64;
+    let mut i = 0;
+    while i < n {
+        super::cpu::prefetch(x, i + super::cpu::PREFETCH_F32);
+        let live: __mmask16 = if n - i >= 16 { 0xFFFF } else { (1u16 << (n - i)) - 1 };
+        // SAFETY: only the `live` lanes are read, all inside `x` (and `mask`).
+        let v = unsafe { _mm512_maskz_loadu_ps(live, x.as_ptr().add(i)) };
+        let on = if MASKED {
+            // SAFETY: as above.
+            let m = unsafe { _mm_maskz_loadu_epi8(live, mask.as_ptr().add(i) as *const i8) };
+            _mm_test_epi8_mask(m, m)
+        } else {
+            live
+        };
+        // fpclass 0x81: NaN; 0x18: ±inf.
+        let ok = on & !_mm512_fpclass_ps_mask::<0x81>(v);
+        let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
+        let d_lo = _mm512_maskz_sub_pd(ok as u8, lo, piv);
+        let d_hi = _mm512_maskz_sub_pd((ok >> 8) as u8, hi, piv);
+        s_lo = _mm512_add_pd(s_lo, d_lo);
+        s_hi = _mm512_add_pd(s_hi, d_hi);
+        s2_lo = _mm512_add_pd(s2_lo, _mm512_mul_pd(d_lo, d_lo));
+        s2_hi = _mm512_add_pd(s2_hi, _mm512_mul_pd(d_hi, d_hi));
+        // mask_min_ps(m, k, v, m) = v < m ? v : m in the selected lanes (the portable
+        // kernel's `if ok & (v < m) { v } else { m }`).
+        mn = _mm512_mask_min_ps(mn, ok, v, mn);
+        mx = _mm512_mask_max_ps(mx, ok, v, mx);
+        if FINITE {
+            let fin = ok & !_mm512_fpclass_ps_mask::<0x18>(v);
+            fmn = _mm512_mask_min_ps(fmn, fin, v, fmn);
+            fmx = _mm512_mask_max_ps(fmx, fin, v, fmx);
+        }
+        count += ok.count_ones() as u64;
+        i += 16;
+    }
+    let lanes = |lo: __m512d, hi: __m512d| {
+        let mut a = [0f64; 16];
+        // SAFETY: `a` holds 16 f64.
+        unsafe {
+            _mm512_storeu_pd(a.as_mut_ptr(), lo);
+            _mm512_storeu_pd(a.as_mut_ptr().add(8), hi);
+        }
+        a
+    };
+    let f32s = |z: __m512| {
+        let mut a = [0f32; 16];
+        // SAFETY: `a` holds 16 f32.
+        unsafe { _mm512_storeu_ps(a.as_mut_ptr(), z) };
+        a
+    };
+    LaneStats { count, s: lanes(s_lo, s_hi), s2: lanes(s2_lo, s2_hi), mn: f32s(mn), mx: f32s(mx), fmn: f32s(fmn), fmx: f32s(fmx) }
+}
+
+/// Adds one row's values to its group, as `update` but with AVX2 only: the same operations
+/// lane by lane (a NaN lane adds +0.0 and keeps its bounds), so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn update_avx2(a: &mut GroupLanes, v: __m256) {
+    // SAFETY (whole body): the caller runs with AVX2; every pointer is a field of `a` of the
+    // width read or written (unaligned loads and stores).
+    unsafe {
+        let ok = _mm256_cmp_ps::<_CMP_ORD_Q>(v, v);
+        let x_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        let x_hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
+        let ok_lo = _mm256_cmp_pd::<_CMP_ORD_Q>(x_lo, x_lo);
+        let ok_hi = _mm256_cmp_pd::<_CMP_ORD_Q>(x_hi, x_hi);
+        let p = a.pivot.as_ptr();
+        let d_lo = _mm256_and_pd(_mm256_sub_pd(x_lo, _mm256_loadu_pd(p)), ok_lo);
+        let d_hi = _mm256_and_pd(_mm256_sub_pd(x_hi, _mm256_loadu_pd(p.add(4))), ok_hi);
+        let (s, s2) = (a.s.as_mut_ptr(), a.s2.as_mut_ptr());
+        _mm256_storeu_pd(s, _mm256_add_pd(_mm256_loadu_pd(s), d_lo));
+        _mm256_storeu_pd(s.add(4), _mm256_add_pd(_mm256_loadu_pd(s.add(4)), d_hi));
+        _mm256_storeu_pd(s2, _mm256_add_pd(_mm256_loadu_pd(s2), _mm256_mul_pd(d_lo, d_lo)));
+        _mm256_storeu_pd(s2.add(4), _mm256_add_pd(_mm256_loadu_pd(s2.add(4)), _mm256_mul_pd(d_hi, d_hi)));
+        // min_ps(v, m) = v < m ? v : m, so NaN keeps m (likewise max).
+        _mm256_storeu_ps(a.mn.as_mut_ptr(), _mm256_min_ps(v, _mm256_loadu_ps(a.mn.as_ptr())));
+        _mm256_storeu_ps(a.mx.as_mut_ptr(), _mm256_max_ps(v, _mm256_loadu_ps(a.mx.as_ptr())));
+        // `ok` is all ones (-1) in the non-NaN lanes.
+        let cnt = _mm256_loadu_si256(a.cnt.as_ptr() as *const __m256i);
+        _mm256_storeu_si256(a.cnt.as_mut_ptr() as *mut __m256i, _mm256_sub_epi32(cnt, _mm256_castps_si256(ok)));
+    }
+}
+
+/// `group_rows` with AVX2 only: 8 rows at a time, transposed 8×8.
+///
+/// # Safety
+/// The CPU must have AVX2. Same shapes as `group_rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn group_rows_avx2(cols: &[&[f32]], slots: &[u32], g: usize, lanes: &mut [GroupLanes]) {
+    const R: usize = 8;
+    let n = slots.len();
+    assert!(cols.len() <= GW && lanes.len() == g + 1 && cols.iter().all(|c| c.len() >= n), "group_rows_avx2: bad shapes");
+    group_pivots(cols, slots, g, lanes);
+    let full = n / R * R;
+    let nan = _mm256_set1_ps(f32::NAN);
+    let mut i = 0;
+    while i < full {
+        // c[k]: rows i..i+8 of column k.
+        let mut c = [nan; GW];
+        for (k, col) in cols.iter().enumerate() {
+            super::cpu::prefetch(col, i + super::cpu::PREFETCH_F32);
+            // SAFETY: i + R <= n <= col.len().
+            c[k] = unsafe { _mm256_loadu_ps(col.as_ptr().add(i)) };
+        }
+        // 8×8 transpose: within 128-bit lanes (lane L holds rows i+4L..i+4L+3), u[q] gets
+        // row 4L+q's columns 0-3 and u[q+4] its columns 4-7; then the lanes are paired.
+        let lo01 = _mm256_unpacklo_ps(c[0], c[1]);
+        let hi01 = _mm256_unpackhi_ps(c[0], c[1]);
+        let lo23 = _mm256_unpacklo_ps(c[2], c[3]);
+        let hi23 = _mm256_unpackhi_ps(c[2], c[3]);
+        let lo45 = _mm256_unpacklo_ps(c[4], c[5]);
+        let hi45 = _mm256_unpackhi_ps(c[4], c[5]);
+        let lo67 = _mm256_unpacklo_ps(c[6], c[7]);
+        let hi67 = _mm256_unpackhi_ps(c[6], c[7]);
+        let u = [
+            _mm256_shuffle_ps::<0x44>(lo01, lo23),
+            _mm256_shuffle_ps::<0xEE>(lo01, lo23),
+            _mm256_shuffle_ps::<0x44>(hi01, hi23),
+            _mm256_shuffle_ps::<0xEE>(hi01, hi23),
+            _mm256_shuffle_ps::<0x44>(lo45, lo67),
+            _mm256_shuffle_ps::<0xEE>(lo45, lo67),
+            _mm256_shuffle_ps::<0x44>(hi45, hi67),
+            _mm256_shuffle_ps::<0xEE>(hi45, hi67),
+        ];
+        let ks: &[u32; R] = slots[i..i + R].try_into().expect("R rows");
+        let at = |r: usize| (ks[r] as usize).min(g);
+        // SAFETY (each update): AVX2 is enabled here; the index is at most g < lanes.len().
+        unsafe {
+            update_avx2(&mut lanes[at(0)], _mm256_permute2f128_ps::<0x20>(u[0], u[4]));
+            update_avx2(&mut lanes[at(1)], _mm256_permute2f128_ps::<0x20>(u[1], u[5]));
+            update_avx2(&mut lanes[at(2)], _mm256_permute2f128_ps::<0x20>(u[2], u[6]));
+            update_avx2(&mut lanes[at(3)], _mm256_permute2f128_ps::<0x20>(u[3], u[7]));
+            update_avx2(&mut lanes[at(4)], _mm256_permute2f128_ps::<0x31>(u[0], u[4]));
+            update_avx2(&mut lanes[at(5)], _mm256_permute2f128_ps::<0x31>(u[1], u[5]));
+            update_avx2(&mut lanes[at(6)], _mm256_permute2f128_ps::<0x31>(u[2], u[6]));
+            update_avx2(&mut lanes[at(7)], _mm256_permute2f128_ps::<0x31>(u[3], u[7]));
+        }
+        i += R;
+    }
+    for i in full..n {
+        let mut v = [f32::NAN; GW];
+        for (k, col) in cols.iter().enumerate() {
+            v[k] = col[i];
+        }
+        // SAFETY: as above; `v` holds GW f32 values.
+        unsafe { update_avx2(&mut lanes[(slots[i] as usize).min(g)], _mm256_loadu_ps(v.as_ptr())) };
+    }
+}
+
+/// Sums, bounds and counts of a block of f32 values with AVX2 only: 8 lanes (element `i` in
+/// lane `i % 8`), each a running f64 sum in row order, so that the accumulators fit AVX2's 16
+/// registers. Returns `(count, lane sums, lane sums of squares, min, max, finite min, finite
+/// max)` as `LaneStats8`.
+///
+/// # Safety
+/// The CPU must have AVX2; `mask.len() >= x.len()` when `MASKED`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,popcnt")]
+pub(crate) unsafe fn stats_f32_avx2<const MASKED: bool, const FINITE: bool>(x: &[f32], mask: &[u8], pivot: f64) -> LaneStats8 {
+    assert!(!MASKED || mask.len() >= x.len(), "stats_f32_avx2: mask shorter than the values");
+    let n = x.len();
+    let piv = _mm256_set1_pd(pivot);
+    let zero = _mm256_setzero_pd();
+    let (mut s_lo, mut s_hi, mut s2_lo, mut s2_hi) = (zero, zero, zero, zero);
+    let (mut mn, mut mx) = (_mm256_set1_ps(f32::INFINITY), _mm256_set1_ps(f32::NEG_INFINITY));
+    let (mut fmn, mut fmx) = (mn, mx);
+    let mut cnt = _mm256_setzero_si256();
+    let inf = _mm256_set1_ps(f32::INFINITY);
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mut i = 0;
+    while i < n {
+        if i % 16 == 0 {
+            super::cpu::prefetch(x, i + super::cpu::PREFETCH_F32);
+        }
+        let left = (n - i).min(8);
+        // All ones in the lanes that hold values of the block.
+        let live = _mm256_cmpgt_epi32(_mm256_set1_epi32(left as i32), lane);
+        // SAFETY: only the live lanes are read (all 8 but in the tail), all inside `x`.
+        let v = unsafe { if left == 8 { _mm256_loadu_ps(x.as_ptr().add(i)) } else { _mm256_maskload_ps(x.as_ptr().add(i), live) } };
+        let on = if MASKED {
+            let bytes = if left == 8 {
+                // SAFETY: i + 8 <= n <= mask.len().
+                unsafe { _mm_loadl_epi64(mask.as_ptr().add(i) as *const __m128i) }
+            } else {
+                let mut b = [0u8; 8];
+                b[..left].copy_from_slice(&mask[i..i + left]);
+                // SAFETY: `b` holds 8 bytes.
+                unsafe { _mm_loadl_epi64(b.as_ptr() as *const __m128i) }
+            };
+            let m = _mm256_cvtepu8_epi32(bytes);
+            _mm256_castsi256_ps(_mm256_andnot_si256(_mm256_cmpeq_epi32(m, _mm256_setzero_si256()), live))
+        } else {
+            _mm256_castsi256_ps(live)
+        };
+        // Selected and not NaN (a masked-off lane reads as +0.0, which `on` drops).
+        let ok = _mm256_and_ps(on, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+        let x_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        let x_hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
+        let ok_lo = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_castps_si128(_mm256_castps256_ps128(ok))));
+        let ok_hi = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_castps_si128(_mm256_extractf128_ps::<1>(ok))));
+        let d_lo = _mm256_and_pd(_mm256_sub_pd(x_lo, piv), ok_lo);
+        let d_hi = _mm256_and_pd(_mm256_sub_pd(x_hi, piv), ok_hi);
+        s_lo = _mm256_add_pd(s_lo, d_lo);
+        s_hi = _mm256_add_pd(s_hi, d_hi);
+        s2_lo = _mm256_add_pd(s2_lo, _mm256_mul_pd(d_lo, d_lo));
+        s2_hi = _mm256_add_pd(s2_hi, _mm256_mul_pd(d_hi, d_hi));
+        // v < m is false for NaN: selected lanes with a smaller value take it.
+        mn = _mm256_blendv_ps(mn, v, _mm256_and_ps(ok, _mm256_cmp_ps::<_CMP_LT_OQ>(v, mn)));
+        mx = _mm256_blendv_ps(mx, v, _mm256_and_ps(ok, _mm256_cmp_ps::<_CMP_GT_OQ>(v, mx)));
+        if FINITE {
+            let fin = _mm256_and_ps(ok, _mm256_cmp_ps::<_CMP_NEQ_UQ>(_mm256_and_ps(v, abs), inf));
+            fmn = _mm256_blendv_ps(fmn, v, _mm256_and_ps(fin, _mm256_cmp_ps::<_CMP_LT_OQ>(v, fmn)));
+            fmx = _mm256_blendv_ps(fmx, v, _mm256_and_ps(fin, _mm256_cmp_ps::<_CMP_GT_OQ>(v, fmx)));
+        }
+        // `ok` is all ones (-1) in the counted lanes.
+        cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(ok));
+        i += 8;
+    }
+    let mut out = LaneStats8 { count: 0, s: [0.0; 8], s2: [0.0; 8], mn: [0.0; 8], mx: [0.0; 8], fmn: [0.0; 8], fmx: [0.0; 8] };
+    let mut c = [0u32; 8];
+    // SAFETY: every destination holds 8 elements of the stored type.
+    unsafe {
+        _mm256_storeu_pd(out.s.as_mut_ptr(), s_lo);
+        _mm256_storeu_pd(out.s.as_mut_ptr().add(4), s_hi);
+        _mm256_storeu_pd(out.s2.as_mut_ptr(), s2_lo);
+        _mm256_storeu_pd(out.s2.as_mut_ptr().add(4), s2_hi);
+        _mm256_storeu_ps(out.mn.as_mut_ptr(), mn);
+        _mm256_storeu_ps(out.mx.as_mut_ptr(), mx);
+        _mm256_storeu_ps(out.fmn.as_mut_ptr(), fmn);
+        _mm256_storeu_ps(out.fmx.as_mut_ptr(), fmx);
+        _mm256_storeu_si256(c.as_mut_ptr() as *mut __m256i, cnt);
+    }
+    out.count = c.iter().map(|&c| c as u64).sum();
+    out
+}
+
+/// Per-lane results of `stats_f32_avx2`.
+#[derive(Clone, Copy)]
+pub(crate) struct LaneStats8 {
+    /// Selected non-NaN values.
+    pub count: u64,
+    /// Lane sums of `x - pivot`.
+    pub s: [f64; 8],
+    /// Lane sums of `(x - pivot)²`.
+    pub s2: [f64; 8],
+    /// Lane minima.
+    pub mn: [f32; 8],
+    /// Lane maxima.
+    pub mx: [f32; 8],
+    /// Lane minima of the finite values.
+    pub fmn: [f32; 8],
+    /// Lane maxima of the finite values.
+    pub fmx: [f32; 8],
+}
+
+impl From<LaneStats8> for LaneStats {
+    /// The 8 lanes, padded to 16 with lanes that saw no value.
+    fn from(l: LaneStats8) -> LaneStats {
+        let pad64 = |a: [f64; 8]| std::array::from_fn(|j| if j < 8 { a[j] } else { 0.0 });
+        let pad32 = |a: [f32; 8], empty: f32| std::array::from_fn(|j| if j < 8 { a[j] } else { empty });
+        LaneStats {
+            count: l.count,
+            s: pad64(l.s),
+            s2: pad64(l.s2),
+            mn: pad32(l.mn, f32::INFINITY),
+            mx: pad32(l.mx, f32::NEG_INFINITY),
+            fmn: pad32(l.fmn, f32::INFINITY),
+            fmx: pad32(l.fmx, f32::NEG_INFINITY),
+        }
+    }
+}
