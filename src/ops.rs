@@ -191,20 +191,26 @@ pub(crate) mod cpu {
         }
     }
 
-    /// Float comparison into 0/1 bytes.
+    /// `out[i] = a[i] cmp b[i]` as 0/1 bytes, one loop per operator (the match outside the
+    /// loops, so that each vectorizes); `ne` is the element type's inequality.
     #[inline(always)]
-    pub fn compare_f(c: Cmp, a: &[f32], b: &[f32], out: &mut [u8]) {
+    fn compare_each<T: PartialOrd + Copy>(c: Cmp, a: &[T], b: &[T], out: &mut [u8], ne: impl Fn(T, T) -> bool) {
         let n = a.len();
         let (b, out) = (&b[..n], &mut out[..n]);
-        // One loop per comparison (the match hoisted out of the loop), so each vectorizes.
         match c {
             Cmp::Lt => (0..n).for_each(|i| out[i] = (a[i] < b[i]) as u8),
             Cmp::Le => (0..n).for_each(|i| out[i] = (a[i] <= b[i]) as u8),
             Cmp::Gt => (0..n).for_each(|i| out[i] = (a[i] > b[i]) as u8),
             Cmp::Ge => (0..n).for_each(|i| out[i] = (a[i] >= b[i]) as u8),
             Cmp::Eq => (0..n).for_each(|i| out[i] = (a[i] == b[i]) as u8),
-            Cmp::Ne => (0..n).for_each(|i| out[i] = cmp_f(Cmp::Ne, a[i], b[i]) as u8),
+            Cmp::Ne => (0..n).for_each(|i| out[i] = ne(a[i], b[i]) as u8),
         }
+    }
+
+    /// Float comparison into 0/1 bytes (`!=` is false when either side is NaN).
+    #[inline(always)]
+    pub fn compare_f(c: Cmp, a: &[f32], b: &[f32], out: &mut [u8]) {
+        compare_each(c, a, b, out, |x, y| cmp_f(Cmp::Ne, x, y));
     }
 
     /// Float comparison with a constant into 0/1 bytes.
@@ -224,16 +230,7 @@ pub(crate) mod cpu {
     /// Integer comparison into 0/1 bytes.
     #[inline(always)]
     pub fn compare_i(c: Cmp, a: &[i64], b: &[i64], out: &mut [u8]) {
-        let n = a.len();
-        let (b, out) = (&b[..n], &mut out[..n]);
-        match c {
-            Cmp::Lt => (0..n).for_each(|i| out[i] = (a[i] < b[i]) as u8),
-            Cmp::Le => (0..n).for_each(|i| out[i] = (a[i] <= b[i]) as u8),
-            Cmp::Gt => (0..n).for_each(|i| out[i] = (a[i] > b[i]) as u8),
-            Cmp::Ge => (0..n).for_each(|i| out[i] = (a[i] >= b[i]) as u8),
-            Cmp::Eq => (0..n).for_each(|i| out[i] = (a[i] == b[i]) as u8),
-            Cmp::Ne => (0..n).for_each(|i| out[i] = (a[i] != b[i]) as u8),
-        }
+        compare_each(c, a, b, out, |x, y| x != y);
     }
 
     /// isnan / isinf / isfinite into 0/1 bytes.

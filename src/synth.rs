@@ -17,6 +17,17 @@ const CHUNK_CELLS: u64 = 1 << 19;
 /// The most feature columns `gen` writes.
 pub const MAX_GEN_COLUMNS: usize = 65_536;
 
+/// A fresh seed for a randomized unit test (`TILESTREAM_SEED` repeats a run), printed.
+#[cfg(test)]
+pub(crate) fn test_seed() -> u64 {
+    let s = std::env::var("TILESTREAM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7));
+    eprintln!("seed {s} (TILESTREAM_SEED={s} repeats this run)");
+    s
+}
+
 /// A small, fast, seedable generator (splitmix64).
 #[derive(Debug, Clone)]
 pub struct Rng(u64);

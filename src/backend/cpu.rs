@@ -1178,7 +1178,7 @@ fn group_order(slots: &[u32], rows: &[u64], start: &mut Vec<usize>, order: &mut 
     }
 }
 
-/// Most groups in a block for the row-wise kernel (its accumulators, 256 bytes per group,
+/// Most groups in a block for the row-wise kernel (its accumulators, 320 bytes per group,
 /// stay in the L2 cache).
 const ROW_GROUPS_MAX: usize = 4096;
 /// Fewest f32 columns for the row-wise kernel: with fewer, most of its lanes would idle and
@@ -1208,10 +1208,13 @@ fn group_rows_f32(
         lanes.resize(g + 1, GroupLanes::EMPTY);
         // SAFETY: `level()` saw these features on this CPU; every column is a block of n
         // rows and lanes has g + 1 entries.
+        #[cfg(target_arch = "x86_64")]
         match level {
             Level::Avx512 => unsafe { cpu_simd::group_rows(chunk, slots, g, lanes) },
             _ => unsafe { cpu_simd::group_rows_avx2(chunk, slots, g, lanes) },
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("the row-wise group kernel runs only on x86-64");
         for (c, col) in chunk.iter().enumerate() {
             // ±inf make a sum of squares infinite (finite f32 values cannot), so infinities
             // are counted only for columns that have them.

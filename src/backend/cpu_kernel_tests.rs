@@ -1,18 +1,10 @@
-//! The CPU backend's hand-written AVX-512 kernels against the portable kernels and a
-//! plain f64 reference, on random data (seeded and printed) with NaN, ±inf, denormals and
-//! awkward sizes. Skipped, saying so, on a CPU without AVX-512.
+//! The CPU backend's hand-written AVX-512 and AVX2 kernels (and its narrow integer
+//! comparisons) against the portable kernels and plain references, on random data (seeded
+//! and printed) with NaN, ±inf, denormals and awkward sizes. A kernel this CPU cannot run
+//! is skipped, saying so.
 
 use super::*;
-use crate::synth::Rng;
-
-fn seed() -> u64 {
-    let s = std::env::var("TILESTREAM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7));
-    eprintln!("seed {s} (TILESTREAM_SEED={s} repeats this run)");
-    s
-}
+use crate::synth::{Rng, test_seed};
 
 fn has_avx512() -> bool {
     let yes = level() == Level::Avx512;
@@ -46,7 +38,7 @@ fn avx512_stats_kernel_is_bit_identical_to_the_portable_one() {
     if !has_avx512() {
         return;
     }
-    let mut rng = Rng::new(seed());
+    let mut rng = Rng::new(test_seed());
     for &n in SIZES {
         for nan_rate in [0.0, 0.05, 1.0] {
             // Infinities only in some runs: the kernel counts them only when a sum overflows.
@@ -109,7 +101,7 @@ fn avx512_and_avx2_group_kernels_match_a_row_order_f64_reference_exactly() {
         eprintln!("skipped: this CPU has no AVX2 (or TILESTREAM_SIMD=sse2); the gather path ran instead");
         return;
     }
-    let mut rng = Rng::new(seed());
+    let mut rng = Rng::new(test_seed());
     let (mut lanes, mut infs) = (Vec::new(), Vec::new());
     for &n in SIZES {
         for ncols in [1, 3, 8, 9, 17] {
@@ -149,7 +141,7 @@ fn avx512_and_avx2_group_kernels_match_a_row_order_f64_reference_exactly() {
 /// i64 for every literal, including ones far outside the column type's range.
 #[test]
 fn narrow_integer_comparisons_agree_with_i64_for_any_literal() {
-    let mut rng = Rng::new(seed());
+    let mut rng = Rng::new(test_seed());
     let u8s: Vec<u8> = (0..300).map(|i| if i < 2 { [0, 255][i] } else { rng.next_u64() as u8 }).collect();
     let i16s: Vec<i16> = (0..300).map(|i| if i < 2 { [i16::MIN, i16::MAX][i] } else { rng.next_u64() as i16 }).collect();
     let u16s: Vec<u16> = (0..300).map(|i| if i < 2 { [0, u16::MAX][i] } else { rng.next_u64() as u16 }).collect();
@@ -211,7 +203,7 @@ fn avx2_stats_kernel_matches_its_lane_order_written_as_plain_loops() {
         eprintln!("skipped: this CPU has no AVX2 (or TILESTREAM_SIMD=sse2)");
         return;
     }
-    let mut rng = Rng::new(seed());
+    let mut rng = Rng::new(test_seed());
     for &n in SIZES {
         for nan_rate in [0.0, 0.05, 1.0] {
             let x: Vec<f32> = (0..n).map(|_| value(&mut rng, nan_rate)).collect();

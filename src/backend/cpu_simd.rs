@@ -75,6 +75,7 @@ unsafe fn update(a: &mut GroupLanes, v: __m256) {
 /// Sets each group's pivot per column: its first finite value in row order (0 when it has
 /// none). The sums then shift by it from the first row on: the rows before it hold only
 /// NaN (skipped) or ±inf, whose shifted sums do not depend on the pivot.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn group_pivots(cols: &[&[f32]], slots: &[u32], g: usize, lanes: &mut [GroupLanes]) {
     let all = ((1u16 << cols.len()) - 1) as u8;
     let mut missing = g * cols.len();
@@ -443,6 +444,7 @@ pub(crate) unsafe fn stats_f32_avx2<const MASKED: bool, const FINITE: bool>(x: &
 }
 
 /// Per-lane results of `stats_f32_avx2`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Copy)]
 pub(crate) struct LaneStats8 {
     /// Selected non-NaN values.

@@ -17,7 +17,7 @@ use crate::ops::{Cmp, Op, VType};
 use crate::program::{FusedProgram, HistSpec, Instr, OutSpec, Scale, Source, Value};
 use crate::sink::table::{OutputColumn, OutputFormat, TableWriter};
 use crate::source::Dataset;
-use crate::synth::Rng;
+use crate::synth::{Rng, test_seed};
 
 const EMU: &str = include_str!("../../tests/support/cuda_emu.h");
 
@@ -250,15 +250,6 @@ fn compare(prog: &FusedProgram, emu: &(TileResult, Vec<Vec<u8>>), cpu: &(TileRes
     }
 }
 
-fn seed() -> u64 {
-    let s = std::env::var("TILESTREAM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7));
-    eprintln!("seed {s} (TILESTREAM_SEED={s} repeats this run)");
-    s
-}
-
 /// Every register op, as instructions over the every-dtype dataset.
 fn ops_program(ds: &Dataset) -> (FusedProgram, Vec<usize>) {
     let n = ds.columns().len();
@@ -311,7 +302,7 @@ fn emulated_cuda_kernels_match_the_cpu_backend() {
     if !have_cxx() {
         return;
     }
-    let seed = seed();
+    let seed = test_seed();
     let dir = scratch("fused");
     // Two whole blocks and a ragged one.
     let ds = dataset(&dir, 2 * BLOCK_ROWS as usize + 77, seed);
@@ -401,7 +392,7 @@ fn emulated_cuda_group_by_matches_the_cpu_backend() {
     if !have_cxx() {
         return;
     }
-    let seed = seed();
+    let seed = test_seed();
     let dir = scratch("groupby");
     // One whole unit and a ragged one.
     let ds = dataset(&dir, GROUP_BLOCK_ROWS as usize + 3000, seed);
@@ -437,7 +428,7 @@ fn emulated_cuda_group_by_wide_keys() {
     let dir = scratch("widekeys");
     // A u16 key column with values in 0..700 (three sweeps of 256 keys).
     let rows = 40_000usize;
-    let mut rng = Rng::new(seed());
+    let mut rng = Rng::new(test_seed());
     let key: Vec<u8> = (0..rows).flat_map(|_| ((rng.next_u64() % 700) as u16).to_le_bytes()).collect();
     let val: Vec<u8> = (0..rows).flat_map(|_| (rng.normal() as f32).to_le_bytes()).collect();
     let path = dir.join("k.safetensors");

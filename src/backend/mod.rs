@@ -2,7 +2,6 @@
 //! streaming driver (`exec::run`) runs every query through.
 
 pub(crate) mod cpu;
-#[cfg(target_arch = "x86_64")]
 mod cpu_simd;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
