@@ -511,7 +511,7 @@ fn run_block_impl(
         }
     }
     for (h, acc) in prog.hists.iter().zip(hists.iter_mut()) {
-        on_view!(source_view(&h.source), x => hist_any(x, mask, h, acc, codes));
+        on_view!(source_view(&h.source), x => hist_any(x, mask, h, acc, codes, level));
     }
     if !prog.outputs.is_empty() {
         sel.clear();
@@ -940,16 +940,11 @@ fn hist_copies(bins: u32) -> usize {
     if bins <= 4096 { 8 } else { 1 }
 }
 
-/// Histogram of one block: bin codes computed by a vectorizable loop (`bins` = below,
-/// `bins+1` = above, `bins+2` = NaN, `bins+3` = not selected), then counted.
+/// Bin codes of a block (`bins` = below `lo`, `bins + 1` = above `hi`, `bins + 2` = NaN):
+/// `floor((x - lo) * scale)` in f64, clamped to `[0, bins - 1]`.
 #[inline(always)]
-fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, counts: &mut [u64], codes: &mut Vec<u32>) {
-    let scale = bin_scale(h.lo, h.hi, h.bins);
-    let (lo, hi, bins) = (h.lo, h.hi, h.bins);
+fn hist_codes<T: Elem>(x: &[T], lo: f64, hi: f64, scale: f64, bins: u32, codes: &mut [u32]) {
     let last = (bins - 1) as f64;
-    // Every code is written below: the buffer is not cleared first (resize only fills
-    // what it adds).
-    codes.resize(x.len(), 0);
     // Runs of 64 values, each prefetching ahead first: a prefetch inside the vectorized
     // loop would stop it vectorizing.
     for (run, out) in x.chunks(64).zip(codes.chunks_mut(64)) {
@@ -975,6 +970,31 @@ fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, counts: &mut [u
             let c = if v > hi { bins + 1 } else { c };
             *o = if v.is_nan() { bins + 2 } else { c };
         }
+    }
+}
+
+/// Histogram of one block: bin codes computed by a vectorizable loop (`bins` = below,
+/// `bins+1` = above, `bins+2` = NaN, `bins+3` = not selected), then counted.
+#[inline(always)]
+fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, counts: &mut [u64], codes: &mut Vec<u32>, level: Level) {
+    let scale = bin_scale(h.lo, h.hi, h.bins);
+    let (lo, hi, bins) = (h.lo, h.hi, h.bins);
+    // Every code is written below: the buffer is not cleared first (resize only fills
+    // what it adds).
+    codes.resize(x.len(), 0);
+    #[cfg(target_arch = "x86_64")]
+    let simd = level == Level::Avx512 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    if simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: T is f32 (same TypeId), so the slice is reinterpreted as itself; `level()`
+        // saw AVX-512 on this CPU; codes holds x.len() entries.
+        unsafe {
+            cpu_simd::hist_codes_f32(std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()), lo, hi, scale, bins, codes)
+        };
+    } else {
+        hist_codes(x, lo, hi, scale, bins, codes);
     }
     if let Some(m) = mask {
         for i in 0..x.len() {

@@ -222,3 +222,39 @@ fn avx2_stats_kernel_matches_its_lane_order_written_as_plain_loops() {
         }
     }
 }
+
+/// The AVX-512 bin codes equal the portable ones for any values and ranges, including a
+/// range of zero width, values at and beyond its ends, NaN and ±inf.
+#[test]
+fn avx512_histogram_codes_equal_the_portable_ones() {
+    if !has_avx512() {
+        return;
+    }
+    let mut rng = Rng::new(test_seed());
+    for &n in SIZES {
+        for _ in 0..6 {
+            let mut x: Vec<f32> = (0..n).map(|_| value(&mut rng, 0.05)).collect();
+            let (a, b) = (rng.normal() * 1e4, rng.normal() * 1e4);
+            let (lo, hi) = match (rng.next_u64() % 4, n) {
+                (0, _) => (a.min(b), a.min(b)),
+                (1, _) => (-1e38, 1e38),
+                (_, 0) => (a.min(b), a.max(b)),
+                _ => {
+                    // A range between two of the values, which then sit exactly on its ends.
+                    let (p, q) = (x[(rng.next_u64() as usize) % n] as f64, x[(rng.next_u64() as usize) % n] as f64);
+                    if p.is_finite() && q.is_finite() { (p.min(q), p.max(q)) } else { (a.min(b), a.max(b)) }
+                }
+            };
+            for v in x.iter_mut().take(4) {
+                *v = [lo as f32, hi as f32, f32::INFINITY, f32::NAN][(rng.next_u64() % 4) as usize];
+            }
+            let bins = [1, 2, 7, 256, 4096, 100_000][(rng.next_u64() % 6) as usize];
+            let scale = crate::accum::bin_scale(lo, hi, bins);
+            let (mut fast, mut slow) = (vec![u32::MAX; n], vec![u32::MAX; n]);
+            // SAFETY: this CPU has AVX-512 (checked above); `fast` holds n codes.
+            unsafe { cpu_simd::hist_codes_f32(&x, lo, hi, scale, bins, &mut fast) };
+            hist_codes(&x, lo, hi, scale, bins, &mut slow);
+            assert_eq!(fast, slow, "n={n} lo={lo} hi={hi} bins={bins}");
+        }
+    }
+}

@@ -479,3 +479,43 @@ impl From<LaneStats8> for LaneStats {
         }
     }
 }
+
+/// Histogram bin codes of f32 values, 16 at a time: the portable formula of `hist_any` in
+/// `cpu.rs` (f64 `floor((x - lo) * scale)` clamped to `[0, bins - 1]`; `bins` below `lo`,
+/// `bins + 1` above `hi`, `bins + 2` NaN), with the floor and the conversion done by one
+/// rounding conversion. `codes` receives `x.len()` codes.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/DQ; `codes.len() >= x.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+pub(crate) unsafe fn hist_codes_f32(x: &[f32], lo: f64, hi: f64, scale: f64, bins: u32, codes: &mut [u32]) {
+    assert!(codes.len() >= x.len() && bins >= 1 && bins < i32::MAX as u32 - 3, "hist_codes_f32: bad shapes");
+    let n = x.len();
+    let (lo_v, hi_v, scale_v) = (_mm512_set1_pd(lo), _mm512_set1_pd(hi), _mm512_set1_pd(scale));
+    let (zero, last) = (_mm512_setzero_si512(), _mm512_set1_epi32(bins as i32 - 1));
+    let (below, above, nan) = (_mm512_set1_epi32(bins as i32), _mm512_set1_epi32(bins as i32 + 1), _mm512_set1_epi32(bins as i32 + 2));
+    let mut i = 0;
+    while i < n {
+        super::cpu::prefetch(x, i + super::cpu::PREFETCH_F32);
+        let live: __mmask16 = if n - i >= 16 { 0xFFFF } else { (1u16 << (n - i)) - 1 };
+        // SAFETY: only the live lanes are read, all inside `x`.
+        let v = unsafe { _mm512_maskz_loadu_ps(live, x.as_ptr().add(i)) };
+        let xl = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        let xh = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
+        // floor(t) for t in [0, 2^31); NaN and out-of-range t give i32::MIN, which the clamp
+        // turns into 0 (as the portable code does) or the overrides below replace.
+        let cl = _mm512_cvt_roundpd_epi32::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_mul_pd(_mm512_sub_pd(xl, lo_v), scale_v));
+        let ch = _mm512_cvt_roundpd_epi32::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_mul_pd(_mm512_sub_pd(xh, lo_v), scale_v));
+        let c = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(cl), ch);
+        let c = _mm512_min_epi32(_mm512_max_epi32(c, zero), last);
+        let lt = (_mm512_cmp_pd_mask::<_CMP_LT_OQ>(xl, lo_v) as u16) | ((_mm512_cmp_pd_mask::<_CMP_LT_OQ>(xh, lo_v) as u16) << 8);
+        let gt = (_mm512_cmp_pd_mask::<_CMP_GT_OQ>(xl, hi_v) as u16) | ((_mm512_cmp_pd_mask::<_CMP_GT_OQ>(xh, hi_v) as u16) << 8);
+        let c = _mm512_mask_mov_epi32(c, lt, below);
+        let c = _mm512_mask_mov_epi32(c, gt, above);
+        let c = _mm512_mask_mov_epi32(c, _mm512_fpclass_ps_mask::<0x81>(v), nan);
+        // SAFETY: only the live lanes are written, all inside `codes`.
+        unsafe { _mm512_mask_storeu_epi32(codes.as_mut_ptr().add(i) as *mut i32, live, c) };
+        i += 16;
+    }
+}
