@@ -1140,27 +1140,19 @@ fn narrow_slots<T: Elem>(x: &[T], mask: Option<&[u8]>, table: &mut [u32], keys: 
     // SAFETY (the unchecked indexing below): a narrow key is in [-32768, 65535], so
     // key + KEY_OFFSET < table.len() = 65536 + 32768 (asserted).
     assert!(table.len() >= 65536 + KEY_OFFSET as usize);
-    let mut slot_of = |v: T, table: &mut [u32]| {
-        let idx = (v.i64() + KEY_OFFSET) as usize;
-        let e = unsafe { *table.get_unchecked(idx) };
-        if e != 0 {
-            return e - 1;
+    // Branch-free but for a key's first selected row (rare): a filter keeps rows at random,
+    // and a branch on it would be mispredicted for every other row.
+    for i in 0..x.len() {
+        let on = mask.is_none_or(|m| m[i] != 0);
+        let idx = (x[i].i64() + KEY_OFFSET) as usize;
+        let mut e = unsafe { *table.get_unchecked(idx) };
+        // One integer test (`e == 0 && on` would compile to a branch on `on`).
+        if (e | (!on) as u32) == 0 {
+            keys.push(x[i].i128());
+            e = keys.len() as u32;
+            unsafe { *table.get_unchecked_mut(idx) = e };
         }
-        keys.push(v.i128());
-        unsafe { *table.get_unchecked_mut(idx) = keys.len() as u32 };
-        keys.len() as u32 - 1
-    };
-    match mask {
-        None => {
-            for i in 0..x.len() {
-                slots[i] = slot_of(x[i], table);
-            }
-        }
-        Some(m) => {
-            for i in 0..x.len() {
-                slots[i] = if m[i] != 0 { slot_of(x[i], table) } else { u32::MAX };
-            }
-        }
+        slots[i] = if on { e.wrapping_sub(1) } else { u32::MAX };
     }
 }
 
@@ -1168,12 +1160,21 @@ fn narrow_slots<T: Elem>(x: &[T], mask: Option<&[u8]>, table: &mut [u32], keys: 
 /// Not inlined: in the long block function its loop would spill its pointers.
 #[inline(never)]
 fn rows_per_group(slots: &[u32], g: usize) -> Vec<u64> {
-    let mut rows = vec![0u64; g + 1];
-    for &slot in slots {
-        rows[(slot as usize).min(g)] += 1;
+    // Four interleaved counters per group, so that runs of one group (or of unselected
+    // rows) do not wait on each increment.
+    let w = g + 1;
+    let mut counts = vec![0u32; 4 * w];
+    let quads = slots.chunks_exact(4);
+    let tail = quads.remainder();
+    for q in quads {
+        for k in 0..4 {
+            counts[k * w + (q[k] as usize).min(g)] += 1;
+        }
     }
-    rows.truncate(g);
-    rows
+    for &slot in tail {
+        counts[(slot as usize).min(g)] += 1;
+    }
+    (0..g).map(|j| (0..4).map(|k| counts[k * w + j] as u64).sum()).collect()
 }
 
 /// `order[i]`: where row i goes when the block's rows are sorted by group (a counting sort
@@ -1203,7 +1204,7 @@ fn group_order(slots: &[u32], rows: &[u64], start: &mut Vec<usize>, order: &mut 
 const ROW_GROUPS_MAX: usize = 4096;
 /// Fewest f32 columns for the row-wise kernel: with fewer, most of its lanes would idle and
 /// gathering each column into group order is faster.
-const ROW_COLUMNS_MIN: usize = 3;
+const ROW_COLUMNS_MIN: usize = 1;
 
 /// Per-group statistics of f32 columns (result `[column][group]`), `GW` columns at a time
 /// by the row-wise kernel (AVX-512 or AVX2), so every group's sums run in row order (as the CUDA
