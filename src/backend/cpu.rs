@@ -937,8 +937,11 @@ fn pairwise(v: &[f64; 8]) -> f64 {
 /// values in one bin, or out of range, would otherwise wait on each increment), 1 for
 /// large ones.
 fn hist_copies(bins: u32) -> usize {
-    if bins <= 4096 { 8 } else { 1 }
+    if bins <= 4096 { HIST_COPIES } else { 1 }
 }
+
+/// Interleaved copies of a small histogram's counts (the counting loop is unrolled by it).
+const HIST_COPIES: usize = 8;
 
 /// Bin codes of a block (`bins` = below `lo`, `bins + 1` = above `hi`, `bins + 2` = NaN):
 /// `floor((x - lo) * scale)` in f64, clamped to `[0, bins - 1]`.
@@ -1013,14 +1016,14 @@ fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, counts: &mut [u
         }
         return;
     }
-    let copies: &mut [&mut [u64]; 8] = &mut [&mut [][..], &mut [], &mut [], &mut [], &mut [], &mut [], &mut [], &mut []];
-    for (slot, chunk) in copies.iter_mut().zip(counts.chunks_exact_mut(stride)) {
-        *slot = chunk;
-    }
-    let runs = codes.chunks_exact(8);
+    // Every copy is a full `stride` long (the unchecked indexing below).
+    assert_eq!(counts.len(), stride * HIST_COPIES);
+    let mut chunks = counts.chunks_exact_mut(stride);
+    let copies: &mut [&mut [u64]; HIST_COPIES] = &mut std::array::from_fn(|_| chunks.next().expect("HIST_COPIES copies (asserted above)"));
+    let runs = codes.chunks_exact(HIST_COPIES);
     let tail = runs.remainder();
     for q in runs {
-        for k in 0..8 {
+        for k in 0..HIST_COPIES {
             // SAFETY: every code < stride, the length of each copy (asserted above).
             unsafe { *copies[k].get_unchecked_mut(q[k] as usize) += 1 };
         }
