@@ -96,7 +96,7 @@ pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
 /// What the pager does with a range of rows of the program's input columns.
 #[derive(Clone, Copy)]
 enum Paging {
-    /// Read them ahead (`madvise(WILLNEED)`).
+    /// Read them ahead and map them (`madvise(POPULATE_READ)`).
     ReadAhead,
     /// Release their mapped pages (`madvise(DONTNEED)`; they stay in the page cache).
     Release,
@@ -116,7 +116,7 @@ pub(crate) fn run<B: Backend>(
     sink: Option<&mut TableWriter>,
 ) -> Result<PassOutput> {
     let advise_now = |what: Paging, r0: u64, r1: u64| match what {
-        Paging::ReadAhead => ds.will_need(&prog.inputs, r0, r1),
+        Paging::ReadAhead => ds.read_ahead(&prog.inputs, r0, r1),
         Paging::Release => ds.done_with(&prog.inputs, r0, r1),
     };
     std::thread::scope(|scope| {

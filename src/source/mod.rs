@@ -188,11 +188,20 @@ impl Dataset {
         &bytes[start..end]
     }
 
-    /// Hints the kernel to read rows `[r0, r1)` of the columns ahead of use.
-    pub(crate) fn will_need(&self, columns: &[usize], r0: u64, r1: u64) {
+    /// Reads rows `[r0, r1)` of the columns ahead of use and maps them
+    /// (`MADV_POPULATE_READ`; the exec loop calls this from a helper thread).
+    ///
+    /// Populating goes through the page-fault path, whose readahead reads whole huge folios
+    /// in a `MADV_HUGEPAGE` mapping, and leaves the pages mapped, so compute threads take no
+    /// faults. `MADV_WILLNEED` (the fallback on kernels before 5.14) fills the page cache
+    /// with 4 KiB pages, each faulted in later: after a cold read of 537 MB, stats passes
+    /// took 0.059–0.067 s that way and take 0.028–0.033 s now (2 cores, ext4).
+    pub(crate) fn read_ahead(&self, columns: &[usize], r0: u64, r1: u64) {
         for &c in columns {
             self.advise(c, r0, r1, |m, off, len| {
-                let _ = m.advise_range(Advice::WillNeed, off, len);
+                if m.advise_range(Advice::PopulateRead, off, len).is_err() {
+                    let _ = m.advise_range(Advice::WillNeed, off, len);
+                }
             });
         }
     }
@@ -267,6 +276,10 @@ fn map_file(path: &Path, kind: FileKind) -> Result<MappedFile> {
         // mapped would fault on access; `check_unchanged` reports changes after a run.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let _ = map.advise(Advice::Sequential);
+        // Huge pages where the file system offers them (ext4, xfs, tmpfs on recent
+        // kernels): a cold read fills the page cache in 2 MiB folios, and mapping them
+        // costs one page-table entry per 2 MiB instead of 512. Only advice.
+        let _ = map.advise(Advice::HugePage);
         Some(map)
     };
     let bytes = map.as_deref().unwrap_or(&[]);
