@@ -1058,8 +1058,11 @@ fn group_block<'a>(
     let n = on_view!(key, x => x.len());
     let narrow = matches!(key, View::I8(_) | View::U8(_) | View::I16(_) | View::U16(_));
     keys.clear();
-    slots.clear();
-    slots.resize(n, u32::MAX);
+    // Every slot is written below (by `narrow_slots`, or filled first for wide keys).
+    if slots.len() < n {
+        slots.resize(n, u32::MAX);
+    }
+    let slots = &mut slots[..n];
     if narrow && table.is_empty() {
         table.resize(65536 + 32768, 0);
     }
@@ -1069,6 +1072,7 @@ fn group_block<'a>(
             table[(kv + KEY_OFFSET as i128) as usize] = 0;
         }
     } else {
+        slots.fill(u32::MAX);
         on_view!(key, x => {
             for i in 0..n {
                 if mask.is_some_and(|m| m[i] == 0) {
@@ -1255,8 +1259,8 @@ fn group_rows_f32(
                     .map(|j| {
                         let a = &lanes[j];
                         BlockStats {
-                            count: a.cnt[c] as u64,
-                            nan: rows[j] - a.cnt[c] as u64,
+                            count: rows[j] - a.nan[c] as u64,
+                            nan: a.nan[c] as u64,
                             inf: infs[j],
                             pivot: a.pivot[c],
                             sum_d: a.s[c],

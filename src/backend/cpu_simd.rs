@@ -30,8 +30,8 @@ pub(crate) struct GroupLanes {
     pub mn: [f32; GW],
     /// Maximum (NaN skipped).
     pub mx: [f32; GW],
-    /// Non-NaN values.
-    pub cnt: [u32; GW],
+    /// NaN values per column (the non-NaN count is the group's rows minus these).
+    pub nan: [u32; GW],
     /// Bit c: column c has its pivot.
     pub has_pivot: u8,
 }
@@ -44,31 +44,37 @@ impl GroupLanes {
         pivot: [0.0; GW],
         mn: [f32::INFINITY; GW],
         mx: [f32::NEG_INFINITY; GW],
-        cnt: [0; GW],
+        nan: [0; GW],
         has_pivot: 0,
     };
 }
 
 /// Adds one row's values (`v`, one lane per column) to its group, shifted by the group's
-/// pivots (set beforehand by `group_pivots`). AVX-512.
+/// pivots (set beforehand by `group_pivots`). AVX-512. With `NAN` false the caller knows
+/// that no lane is NaN, and the NaN test and count are skipped (the same bits otherwise).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn update(a: &mut GroupLanes, v: __m256) {
+unsafe fn update<const NAN: bool>(a: &mut GroupLanes, v: __m256) {
     // SAFETY (whole body): the caller runs with AVX-512 F/VL/DQ; every pointer is a field
     // of `a` of the width read or written (`GroupLanes` is 64-byte aligned, but the loads
     // and stores are the unaligned forms anyway).
     unsafe {
         let x = _mm512_cvtps_pd(v);
-        // fpclass 0x81: quiet or signalling NaN.
-        let ok = !_mm256_fpclass_ps_mask::<0x81>(v);
-        let d = _mm512_maskz_sub_pd(ok, x, _mm512_loadu_pd(a.pivot.as_ptr()));
+        let p = _mm512_loadu_pd(a.pivot.as_ptr());
+        let d = if NAN {
+            // fpclass 0x81: quiet or signalling NaN.
+            let nan = _mm256_fpclass_ps_mask::<0x81>(v);
+            let cnt = _mm256_loadu_si256(a.nan.as_ptr() as *const __m256i);
+            _mm256_storeu_si256(a.nan.as_mut_ptr() as *mut __m256i, _mm256_mask_add_epi32(cnt, nan, cnt, _mm256_set1_epi32(1)));
+            _mm512_maskz_sub_pd(!nan, x, p)
+        } else {
+            _mm512_sub_pd(x, p)
+        };
         _mm512_storeu_pd(a.s.as_mut_ptr(), _mm512_add_pd(_mm512_loadu_pd(a.s.as_ptr()), d));
         _mm512_storeu_pd(a.s2.as_mut_ptr(), _mm512_add_pd(_mm512_loadu_pd(a.s2.as_ptr()), _mm512_mul_pd(d, d)));
         // min_ps(v, m) = v < m ? v : m, so NaN keeps m (likewise max).
         _mm256_storeu_ps(a.mn.as_mut_ptr(), _mm256_min_ps(v, _mm256_loadu_ps(a.mn.as_ptr())));
         _mm256_storeu_ps(a.mx.as_mut_ptr(), _mm256_max_ps(v, _mm256_loadu_ps(a.mx.as_ptr())));
-        let cnt = _mm256_loadu_si256(a.cnt.as_ptr() as *const __m256i);
-        _mm256_storeu_si256(a.cnt.as_mut_ptr() as *mut __m256i, _mm256_mask_add_epi32(cnt, ok, cnt, _mm256_set1_epi32(1)));
     }
 }
 
@@ -99,7 +105,9 @@ fn group_pivots(cols: &[&[f32]], slots: &[u32], g: usize, lanes: &mut [GroupLane
 
 /// Adds rows `[0, n)` of up to `GW` f32 columns to their groups' accumulators: row i goes to
 /// `lanes[min(slots[i], g)]` (so `u32::MAX`, an unselected row, goes to the spare
-/// accumulator `g`), in row order. Columns past `cols.len()` read as NaN.
+/// accumulator `g`), in row order. Columns past `cols.len()` read as 0 (lanes nobody
+/// reads). Blocks of 16 rows without a NaN (most, in real data) take the update without
+/// the NaN test and count.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F/BW/VL/DQ. Every column holds at least `slots.len()` values
@@ -114,11 +122,11 @@ pub(crate) unsafe fn group_rows(cols: &[&[f32]], slots: &[u32], g: usize, lanes:
     // permutex2var indices: [A.lane0, B.lane0, A.lane1, B.lane1] and the same of lanes 2, 3.
     let idx01 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
     let idx23 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-    let nan = _mm512_set1_ps(f32::NAN);
+    let zero = _mm512_setzero_ps();
     let mut i = 0;
     while i < full {
         // c[k]: rows i..i+16 of column k.
-        let mut c = [nan; GW];
+        let mut c = [zero; GW];
         for (k, col) in cols.iter().enumerate() {
             super::cpu::prefetch(col, i + super::cpu::PREFETCH_F32);
             // SAFETY: i + GR <= n <= col.len().
@@ -145,46 +153,75 @@ pub(crate) unsafe fn group_rows(cols: &[&[f32]], slots: &[u32], g: usize, lanes:
             _mm512_shuffle_ps::<0xEE>(hi45, hi67),
         ];
         // rows[q]: rows q (low half) and 4+q (high half); rows[4+q]: rows 8+q and 12+q.
-        let mut rows = [nan; 8];
+        let mut rows = [zero; 8];
         for q in 0..4 {
             rows[q] = _mm512_permutex2var_ps(u[q], idx01, u[q + 4]);
             rows[q + 4] = _mm512_permutex2var_ps(u[q], idx23, u[q + 4]);
         }
-        let lo = |z: __m512| _mm512_castps512_ps256(z);
-        let hi = |z: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(z)));
         let ks: &[u32; GR] = slots[i..i + GR].try_into().expect("GR rows");
-        let at = |r: usize| (ks[r] as usize).min(g);
-        // Written out so that the 16 rows unroll: row 4L+q is in rows[q + 4 * (L / 2)],
-        // low half for even L.
-        // SAFETY (each update): AVX-512 is enabled here; the index is at most g < lanes.len().
+        // Any NaN among the 16 rows? (fpclass 0x81: quiet or signalling NaN.)
+        let nans = c.iter().fold(0, |m, &v| m | _mm512_fpclass_ps_mask::<0x81>(v));
+        // SAFETY: AVX-512 is enabled here; every slot is at most g < lanes.len().
         unsafe {
-            update(&mut lanes[at(0)], lo(rows[0]));
-            update(&mut lanes[at(1)], lo(rows[1]));
-            update(&mut lanes[at(2)], lo(rows[2]));
-            update(&mut lanes[at(3)], lo(rows[3]));
-            update(&mut lanes[at(4)], hi(rows[0]));
-            update(&mut lanes[at(5)], hi(rows[1]));
-            update(&mut lanes[at(6)], hi(rows[2]));
-            update(&mut lanes[at(7)], hi(rows[3]));
-            update(&mut lanes[at(8)], lo(rows[4]));
-            update(&mut lanes[at(9)], lo(rows[5]));
-            update(&mut lanes[at(10)], lo(rows[6]));
-            update(&mut lanes[at(11)], lo(rows[7]));
-            update(&mut lanes[at(12)], hi(rows[4]));
-            update(&mut lanes[at(13)], hi(rows[5]));
-            update(&mut lanes[at(14)], hi(rows[6]));
-            update(&mut lanes[at(15)], hi(rows[7]));
+            if nans == 0 {
+                update16::<false>(lanes, ks, g, &rows);
+            } else {
+                update16::<true>(lanes, ks, g, &rows);
+            }
         }
         i += GR;
     }
     for i in full..n {
-        let mut v = [f32::NAN; GW];
+        let mut v = [0.0f32; GW];
         for (k, col) in cols.iter().enumerate() {
             v[k] = col[i];
         }
         // SAFETY: as above; `v` holds GW f32 values.
-        unsafe { update(&mut lanes[(slots[i] as usize).min(g)], _mm256_loadu_ps(v.as_ptr())) };
+        unsafe { update::<true>(&mut lanes[(slots[i] as usize).min(g)], _mm256_loadu_ps(v.as_ptr())) };
     }
+}
+
+/// The 16 rows of one block of `group_rows` into their groups, in row order: row 4L+q is
+/// in `rows[q + 4 * (L / 2)]`, the low half for even L.
+///
+/// # Safety
+/// AVX-512 F/VL/DQ; `lanes.len() > g`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn update16<const NAN: bool>(lanes: &mut [GroupLanes], ks: &[u32; GR], g: usize, rows: &[__m512; 8]) {
+    debug_assert!(lanes.len() > g);
+    // No closures here: a closure does not inherit the caller's target features, and its
+    // intrinsics would be calls.
+    macro_rules! add {
+        ($r:expr, lo($q:expr)) => {
+            // SAFETY: the caller has AVX-512; min(slot, g) < lanes.len().
+            unsafe { update::<NAN>(lanes.get_unchecked_mut((ks[$r] as usize).min(g)), _mm512_castps512_ps256(rows[$q])) }
+        };
+        ($r:expr, hi($q:expr)) => {
+            // SAFETY: as above.
+            unsafe {
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(rows[$q])));
+                update::<NAN>(lanes.get_unchecked_mut((ks[$r] as usize).min(g)), hi)
+            }
+        };
+    }
+    // Written out so that the 16 rows unroll.
+    add!(0, lo(0));
+    add!(1, lo(1));
+    add!(2, lo(2));
+    add!(3, lo(3));
+    add!(4, hi(0));
+    add!(5, hi(1));
+    add!(6, hi(2));
+    add!(7, hi(3));
+    add!(8, lo(4));
+    add!(9, lo(5));
+    add!(10, lo(6));
+    add!(11, lo(7));
+    add!(12, hi(4));
+    add!(13, hi(5));
+    add!(14, hi(6));
+    add!(15, hi(7));
 }
 
 /// Sums, bounds and counts of a block of f32 values (rows whose `mask` byte is non-zero
@@ -262,18 +299,23 @@ pub(crate) unsafe fn stats_f32<const MASKED: bool, const FINITE: bool>(x: &[f32]
 /// lane by lane (a NaN lane adds +0.0 and keeps its bounds), so the same bits.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn update_avx2(a: &mut GroupLanes, v: __m256) {
+unsafe fn update_avx2<const NAN: bool>(a: &mut GroupLanes, v: __m256) {
     // SAFETY (whole body): the caller runs with AVX2; every pointer is a field of `a` of the
     // width read or written (unaligned loads and stores).
     unsafe {
-        let ok = _mm256_cmp_ps::<_CMP_ORD_Q>(v, v);
         let x_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
         let x_hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
-        let ok_lo = _mm256_cmp_pd::<_CMP_ORD_Q>(x_lo, x_lo);
-        let ok_hi = _mm256_cmp_pd::<_CMP_ORD_Q>(x_hi, x_hi);
         let p = a.pivot.as_ptr();
-        let d_lo = _mm256_and_pd(_mm256_sub_pd(x_lo, _mm256_loadu_pd(p)), ok_lo);
-        let d_hi = _mm256_and_pd(_mm256_sub_pd(x_hi, _mm256_loadu_pd(p.add(4))), ok_hi);
+        let mut d_lo = _mm256_sub_pd(x_lo, _mm256_loadu_pd(p));
+        let mut d_hi = _mm256_sub_pd(x_hi, _mm256_loadu_pd(p.add(4)));
+        if NAN {
+            d_lo = _mm256_and_pd(d_lo, _mm256_cmp_pd::<_CMP_ORD_Q>(x_lo, x_lo));
+            d_hi = _mm256_and_pd(d_hi, _mm256_cmp_pd::<_CMP_ORD_Q>(x_hi, x_hi));
+            // All ones (-1) in the NaN lanes.
+            let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+            let cnt = _mm256_loadu_si256(a.nan.as_ptr() as *const __m256i);
+            _mm256_storeu_si256(a.nan.as_mut_ptr() as *mut __m256i, _mm256_sub_epi32(cnt, nan));
+        }
         let (s, s2) = (a.s.as_mut_ptr(), a.s2.as_mut_ptr());
         _mm256_storeu_pd(s, _mm256_add_pd(_mm256_loadu_pd(s), d_lo));
         _mm256_storeu_pd(s.add(4), _mm256_add_pd(_mm256_loadu_pd(s.add(4)), d_hi));
@@ -282,9 +324,6 @@ unsafe fn update_avx2(a: &mut GroupLanes, v: __m256) {
         // min_ps(v, m) = v < m ? v : m, so NaN keeps m (likewise max).
         _mm256_storeu_ps(a.mn.as_mut_ptr(), _mm256_min_ps(v, _mm256_loadu_ps(a.mn.as_ptr())));
         _mm256_storeu_ps(a.mx.as_mut_ptr(), _mm256_max_ps(v, _mm256_loadu_ps(a.mx.as_ptr())));
-        // `ok` is all ones (-1) in the non-NaN lanes.
-        let cnt = _mm256_loadu_si256(a.cnt.as_ptr() as *const __m256i);
-        _mm256_storeu_si256(a.cnt.as_mut_ptr() as *mut __m256i, _mm256_sub_epi32(cnt, _mm256_castps_si256(ok)));
     }
 }
 
@@ -300,11 +339,11 @@ pub(crate) unsafe fn group_rows_avx2(cols: &[&[f32]], slots: &[u32], g: usize, l
     assert!(cols.len() <= GW && lanes.len() == g + 1 && cols.iter().all(|c| c.len() >= n), "group_rows_avx2: bad shapes");
     group_pivots(cols, slots, g, lanes);
     let full = n / R * R;
-    let nan = _mm256_set1_ps(f32::NAN);
+    let zero = _mm256_setzero_ps();
     let mut i = 0;
     while i < full {
         // c[k]: rows i..i+8 of column k.
-        let mut c = [nan; GW];
+        let mut c = [zero; GW];
         for (k, col) in cols.iter().enumerate() {
             super::cpu::prefetch(col, i + super::cpu::PREFETCH_F32);
             // SAFETY: i + R <= n <= col.len().
@@ -331,27 +370,36 @@ pub(crate) unsafe fn group_rows_avx2(cols: &[&[f32]], slots: &[u32], g: usize, l
             _mm256_shuffle_ps::<0xEE>(hi45, hi67),
         ];
         let ks: &[u32; R] = slots[i..i + R].try_into().expect("R rows");
-        let at = |r: usize| (ks[r] as usize).min(g);
-        // SAFETY (each update): AVX2 is enabled here; the index is at most g < lanes.len().
-        unsafe {
-            update_avx2(&mut lanes[at(0)], _mm256_permute2f128_ps::<0x20>(u[0], u[4]));
-            update_avx2(&mut lanes[at(1)], _mm256_permute2f128_ps::<0x20>(u[1], u[5]));
-            update_avx2(&mut lanes[at(2)], _mm256_permute2f128_ps::<0x20>(u[2], u[6]));
-            update_avx2(&mut lanes[at(3)], _mm256_permute2f128_ps::<0x20>(u[3], u[7]));
-            update_avx2(&mut lanes[at(4)], _mm256_permute2f128_ps::<0x31>(u[0], u[4]));
-            update_avx2(&mut lanes[at(5)], _mm256_permute2f128_ps::<0x31>(u[1], u[5]));
-            update_avx2(&mut lanes[at(6)], _mm256_permute2f128_ps::<0x31>(u[2], u[6]));
-            update_avx2(&mut lanes[at(7)], _mm256_permute2f128_ps::<0x31>(u[3], u[7]));
-        }
+        let rows = [
+            _mm256_permute2f128_ps::<0x20>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x20>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x20>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x20>(u[3], u[7]),
+            _mm256_permute2f128_ps::<0x31>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x31>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x31>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x31>(u[3], u[7]),
+        ];
+        // Any NaN among the 8 rows?
+        let nans = c.iter().fold(_mm256_setzero_ps(), |m, &v| _mm256_or_ps(m, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v)));
+        let add = |lanes: &mut [GroupLanes], nan: bool| {
+            for (r, &v) in rows.iter().enumerate() {
+                // SAFETY: AVX2 is enabled here; min(slot, g) < lanes.len() (asserted above).
+                let a = unsafe { lanes.get_unchecked_mut((ks[r] as usize).min(g)) };
+                // SAFETY: AVX2 is enabled here.
+                unsafe { if nan { update_avx2::<true>(a, v) } else { update_avx2::<false>(a, v) } }
+            }
+        };
+        add(lanes, _mm256_movemask_ps(nans) != 0);
         i += R;
     }
     for i in full..n {
-        let mut v = [f32::NAN; GW];
+        let mut v = [0.0f32; GW];
         for (k, col) in cols.iter().enumerate() {
             v[k] = col[i];
         }
         // SAFETY: as above; `v` holds GW f32 values.
-        unsafe { update_avx2(&mut lanes[(slots[i] as usize).min(g)], _mm256_loadu_ps(v.as_ptr())) };
+        unsafe { update_avx2::<true>(&mut lanes[(slots[i] as usize).min(g)], _mm256_loadu_ps(v.as_ptr())) };
     }
 }
 
