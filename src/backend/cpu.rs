@@ -337,6 +337,10 @@ trait Elem: Copy + PartialOrd + Send + Sync + 'static {
     fn f64(self) -> f64;
     fn f32(self) -> f32;
     fn i64(self) -> i64;
+    /// The type's range, as i64 (integers only; floats give i64's).
+    const RANGE: (i64, i64);
+    /// `k as Self`, for `k` in `RANGE` (integers only).
+    fn from_i64(k: i64) -> Self;
     fn i128(self) -> i128;
     fn is_nan(self) -> bool;
     fn is_inf(self) -> bool;
@@ -350,6 +354,8 @@ macro_rules! int_elem {
             #[inline(always)] fn f32(self) -> f32 { self as f32 }
             // u64 values above i64::MAX saturate (documented in README's expression notes).
             #[inline(always)] fn i64(self) -> i64 { i64::try_from(self).unwrap_or(i64::MAX) }
+            const RANGE: (i64, i64) = (<$t>::MIN as i64, if <$t>::MAX as u64 > i64::MAX as u64 { i64::MAX } else { <$t>::MAX as i64 });
+            #[inline(always)] fn from_i64(k: i64) -> Self { k as $t }
             #[inline(always)] fn i128(self) -> i128 { self as i128 }
             #[inline(always)] fn is_nan(self) -> bool { false }
             #[inline(always)] fn is_inf(self) -> bool { false }
@@ -365,6 +371,8 @@ macro_rules! float_elem {
             #[inline(always)] fn f64(self) -> f64 { self as f64 }
             #[inline(always)] fn f32(self) -> f32 { self as f32 }
             #[inline(always)] fn i64(self) -> i64 { self as i64 }
+            const RANGE: (i64, i64) = (i64::MIN, i64::MAX);
+            #[inline(always)] fn from_i64(k: i64) -> Self { k as $t }
             #[inline(always)] fn i128(self) -> i128 { self as i128 }
             #[inline(always)] fn is_nan(self) -> bool { self.is_nan() }
             #[inline(always)] fn is_inf(self) -> bool { self.is_infinite() }
@@ -610,16 +618,28 @@ fn load(v: View, ty: VType, out: &mut Reg, n: usize) {
 fn compare_i_const<T: Elem>(c: Cmp, x: &[T], k: i64, o: &mut [u8]) {
     let o = &mut o[..x.len()];
     if !T::FLOAT && std::mem::size_of::<T>() <= 2 {
-        // 8/16-bit values lie in [-32768, 65535]: against k clamped to one past that range
-        // every comparison answers as against k, and i32 lanes vectorize 2× wider.
-        let k = k.clamp(-65537, 65537) as i32;
+        // 8/16-bit values compare in their own type (64 or 32 lanes per AVX-512 compare);
+        // a literal outside the type's range puts every value on one side of it.
+        let (lo, hi) = T::RANGE;
+        if k < lo || k > hi {
+            let below = k > hi;
+            let all = match c {
+                Cmp::Lt | Cmp::Le => below,
+                Cmp::Gt | Cmp::Ge => !below,
+                Cmp::Eq => false,
+                Cmp::Ne => true,
+            };
+            o.fill(all as u8);
+            return;
+        }
+        let k = T::from_i64(k);
         match c {
-            Cmp::Lt => cmp_loop(x, o, |v| (v.i64() as i32) < k),
-            Cmp::Le => cmp_loop(x, o, |v| (v.i64() as i32) <= k),
-            Cmp::Gt => cmp_loop(x, o, |v| (v.i64() as i32) > k),
-            Cmp::Ge => cmp_loop(x, o, |v| (v.i64() as i32) >= k),
-            Cmp::Eq => cmp_loop(x, o, |v| (v.i64() as i32) == k),
-            Cmp::Ne => cmp_loop(x, o, |v| (v.i64() as i32) != k),
+            Cmp::Lt => cmp_loop(x, o, |v| v < k),
+            Cmp::Le => cmp_loop(x, o, |v| v <= k),
+            Cmp::Gt => cmp_loop(x, o, |v| v > k),
+            Cmp::Ge => cmp_loop(x, o, |v| v >= k),
+            Cmp::Eq => cmp_loop(x, o, |v| v == k),
+            Cmp::Ne => cmp_loop(x, o, |v| v != k),
         }
         return;
     }

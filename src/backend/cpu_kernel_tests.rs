@@ -138,15 +138,41 @@ fn avx512_and_avx2_group_kernels_match_a_row_order_f64_reference_exactly() {
     }
 }
 
-/// Narrow integer columns compare in i32 against a clamped literal: the same answers as in
-/// i64 for every literal, including ones far outside the column type's range.
+/// Narrow integer columns compare in their own type (a literal outside the type's range
+/// answers for every value at once): the same answers as in i64 for every literal,
+/// including ones on and far outside the type's ends.
 #[test]
 fn narrow_integer_comparisons_agree_with_i64_for_any_literal() {
     let mut rng = Rng::new(test_seed());
     let u8s: Vec<u8> = (0..300).map(|i| if i < 2 { [0, 255][i] } else { rng.next_u64() as u8 }).collect();
+    let i8s: Vec<i8> = (0..300).map(|i| if i < 2 { [i8::MIN, i8::MAX][i] } else { rng.next_u64() as i8 }).collect();
     let i16s: Vec<i16> = (0..300).map(|i| if i < 2 { [i16::MIN, i16::MAX][i] } else { rng.next_u64() as i16 }).collect();
     let u16s: Vec<u16> = (0..300).map(|i| if i < 2 { [0, u16::MAX][i] } else { rng.next_u64() as u16 }).collect();
-    let ks = [i64::MIN, -65538, -65537, -32769, -32768, -1, 0, 1, 127, 255, 256, 32767, 65535, 65536, 65537, 1 << 40, i64::MAX];
+    let ks = [
+        i64::MIN,
+        -65538,
+        -65537,
+        -32769,
+        -32768,
+        -129,
+        -128,
+        -127,
+        -1,
+        0,
+        1,
+        126,
+        127,
+        128,
+        254,
+        255,
+        256,
+        32767,
+        65535,
+        65536,
+        65537,
+        1 << 40,
+        i64::MAX,
+    ];
     for k in ks {
         for c in [Cmp::Lt, Cmp::Le, Cmp::Gt, Cmp::Ge, Cmp::Eq, Cmp::Ne] {
             let want = |v: i64| match c {
@@ -160,6 +186,8 @@ fn narrow_integer_comparisons_agree_with_i64_for_any_literal() {
             let mut o = vec![9u8; 300];
             compare_i_const(c, &u8s, k, &mut o);
             assert_eq!(o, u8s.iter().map(|&v| want(v as i64)).collect::<Vec<_>>(), "u8 {c:?} {k}");
+            compare_i_const(c, &i8s, k, &mut o);
+            assert_eq!(o, i8s.iter().map(|&v| want(v as i64)).collect::<Vec<_>>(), "i8 {c:?} {k}");
             compare_i_const(c, &i16s, k, &mut o);
             assert_eq!(o, i16s.iter().map(|&v| want(v as i64)).collect::<Vec<_>>(), "i16 {c:?} {k}");
             compare_i_const(c, &u16s, k, &mut o);

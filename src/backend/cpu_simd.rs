@@ -242,40 +242,51 @@ pub(crate) unsafe fn stats_f32<const MASKED: bool, const FINITE: bool>(x: &[f32]
     let (mut mn, mut mx) = (_mm512_set1_ps(f32::INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
     let (mut fmn, mut fmx) = (mn, mx);
     let mut count = 0u64;
+    // One step: 16 values (the `live` ones) of `x` from i on.
+    macro_rules! step {
+        ($i:expr, $live:expr) => {{
+            let (i, live): (usize, __mmask16) = ($i, $live);
+            // SAFETY: only the `live` lanes are read, all inside `x` (and `mask`).
+            let v = unsafe { _mm512_maskz_loadu_ps(live, x.as_ptr().add(i)) };
+            let on = if MASKED {
+                // SAFETY: as above.
+                let m = unsafe { _mm_maskz_loadu_epi8(live, mask.as_ptr().add(i) as *const i8) };
+                _mm_test_epi8_mask(m, m)
+            } else {
+                live
+            };
+            // fpclass 0x81: NaN; 0x18: ±inf.
+            let ok = on & !_mm512_fpclass_ps_mask::<0x81>(v);
+            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
+            let d_lo = _mm512_maskz_sub_pd(ok as u8, lo, piv);
+            let d_hi = _mm512_maskz_sub_pd((ok >> 8) as u8, hi, piv);
+            s_lo = _mm512_add_pd(s_lo, d_lo);
+            s_hi = _mm512_add_pd(s_hi, d_hi);
+            s2_lo = _mm512_add_pd(s2_lo, _mm512_mul_pd(d_lo, d_lo));
+            s2_hi = _mm512_add_pd(s2_hi, _mm512_mul_pd(d_hi, d_hi));
+            // mask_min_ps(m, k, v, m) = v < m ? v : m in the selected lanes (the portable
+            // kernel's `if ok & (v < m) { v } else { m }`).
+            mn = _mm512_mask_min_ps(mn, ok, v, mn);
+            mx = _mm512_mask_max_ps(mx, ok, v, mx);
+            if FINITE {
+                let fin = ok & !_mm512_fpclass_ps_mask::<0x18>(v);
+                fmn = _mm512_mask_min_ps(fmn, fin, v, fmn);
+                fmx = _mm512_mask_max_ps(fmx, fin, v, fmx);
+            }
+            count += ok.count_ones() as u64;
+        }};
+    }
+    // Whole steps, then the tail (a partial step, in the same lanes).
+    let full = n / 16 * 16;
     let mut i = 0;
-    while i < n {
+    while i < full {
         super::cpu::prefetch(x, i + super::cpu::PREFETCH_F32);
-        let live: __mmask16 = if n - i >= 16 { 0xFFFF } else { (1u16 << (n - i)) - 1 };
-        // SAFETY: only the `live` lanes are read, all inside `x` (and `mask`).
-        let v = unsafe { _mm512_maskz_loadu_ps(live, x.as_ptr().add(i)) };
-        let on = if MASKED {
-            // SAFETY: as above.
-            let m = unsafe { _mm_maskz_loadu_epi8(live, mask.as_ptr().add(i) as *const i8) };
-            _mm_test_epi8_mask(m, m)
-        } else {
-            live
-        };
-        // fpclass 0x81: NaN; 0x18: ±inf.
-        let ok = on & !_mm512_fpclass_ps_mask::<0x81>(v);
-        let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-        let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
-        let d_lo = _mm512_maskz_sub_pd(ok as u8, lo, piv);
-        let d_hi = _mm512_maskz_sub_pd((ok >> 8) as u8, hi, piv);
-        s_lo = _mm512_add_pd(s_lo, d_lo);
-        s_hi = _mm512_add_pd(s_hi, d_hi);
-        s2_lo = _mm512_add_pd(s2_lo, _mm512_mul_pd(d_lo, d_lo));
-        s2_hi = _mm512_add_pd(s2_hi, _mm512_mul_pd(d_hi, d_hi));
-        // mask_min_ps(m, k, v, m) = v < m ? v : m in the selected lanes (the portable
-        // kernel's `if ok & (v < m) { v } else { m }`).
-        mn = _mm512_mask_min_ps(mn, ok, v, mn);
-        mx = _mm512_mask_max_ps(mx, ok, v, mx);
-        if FINITE {
-            let fin = ok & !_mm512_fpclass_ps_mask::<0x18>(v);
-            fmn = _mm512_mask_min_ps(fmn, fin, v, fmn);
-            fmx = _mm512_mask_max_ps(fmx, fin, v, fmx);
-        }
-        count += ok.count_ones() as u64;
+        step!(i, 0xFFFF);
         i += 16;
+    }
+    if full < n {
+        step!(full, (1u16 << (n - full)) - 1);
     }
     let lanes = |lo: __m512d, hi: __m512d| {
         let mut a = [0f64; 16];
