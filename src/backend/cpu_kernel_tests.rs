@@ -264,9 +264,11 @@ fn avx512_histogram_codes_equal_the_portable_ones() {
         for _ in 0..6 {
             let mut x: Vec<f32> = (0..n).map(|_| value(&mut rng, 0.05)).collect();
             let (a, b) = (rng.normal() * 1e4, rng.normal() * 1e4);
-            let (lo, hi) = match (rng.next_u64() % 4, n) {
+            let (lo, hi) = match (rng.next_u64() % 5, n) {
                 (0, _) => (a.min(b), a.min(b)),
                 (1, _) => (-1e38, 1e38),
+                // Ends outside f32's range.
+                (2, _) => (-1e39, 3e39),
                 (_, 0) => (a.min(b), a.max(b)),
                 _ => {
                     // A range between two of the values, which then sit exactly on its ends.
@@ -274,8 +276,11 @@ fn avx512_histogram_codes_equal_the_portable_ones() {
                     if p.is_finite() && q.is_finite() { (p.min(q), p.max(q)) } else { (a.min(b), a.max(b)) }
                 }
             };
-            for v in x.iter_mut().take(4) {
-                *v = [lo as f32, hi as f32, f32::INFINITY, f32::NAN][(rng.next_u64() % 4) as usize];
+            // The ends' nearest f32 values and their neighbours (the ends are mostly not f32).
+            let (lo32, hi32) = (lo as f32, hi as f32);
+            let edges = [lo32, lo32.next_up(), lo32.next_down(), hi32, hi32.next_up(), hi32.next_down()];
+            for v in x.iter_mut().take(12) {
+                *v = [&edges[..], &[f32::INFINITY, f32::NEG_INFINITY, f32::NAN]].concat()[(rng.next_u64() % 9) as usize];
             }
             let bins = [1, 2, 7, 256, 4096, 100_000][(rng.next_u64() % 6) as usize];
             let scale = crate::accum::bin_scale(lo, hi, bins);
@@ -286,4 +291,24 @@ fn avx512_histogram_codes_equal_the_portable_ones() {
             assert_eq!(fast, slow, "n={n} lo={lo} hi={hi} bins={bins}");
         }
     }
+}
+
+/// Histogram counters are u32: before any could pass u32::MAX they are added into u64
+/// totals, which `take` returns whole.
+#[test]
+fn histogram_counts_flush_before_a_u32_could_overflow() {
+    let mut h = HistCounts::new(4);
+    assert_eq!(h.copies.len(), HIST_COPIES * 8);
+    let near = u32::MAX - 5;
+    h.reserve(near as usize);
+    h.copies[1] = near - 7;
+    h.copies[8 + 1] = 7;
+    h.reserve(3);
+    assert_eq!((h.copies[1], h.pending), (near - 7, near as u64 + 3), "no flush while every counter fits");
+    h.reserve(10);
+    assert_eq!((h.copies[1], h.copies[8 + 1], h.pending), (0, 0, 10), "flushed before the counters could overflow");
+    h.copies[1] = 10;
+    let totals = h.take();
+    assert_eq!(totals, vec![0, near as u64 + 10, 0, 0, 0, 0, 0, 0]);
+    assert_eq!((h.take(), h.pending), (vec![0; 8], 0), "take starts again from zero");
 }

@@ -551,30 +551,45 @@ impl From<LaneStats8> for LaneStats {
 pub(crate) unsafe fn hist_codes_f32(x: &[f32], lo: f64, hi: f64, scale: f64, bins: u32, codes: &mut [u32]) {
     assert!(codes.len() >= x.len() && bins >= 1 && bins < i32::MAX as u32 - 3, "hist_codes_f32: bad shapes");
     let n = x.len();
-    let (lo_v, hi_v, scale_v) = (_mm512_set1_pd(lo), _mm512_set1_pd(hi), _mm512_set1_pd(scale));
+    let (lo_v, scale_v) = (_mm512_set1_pd(lo), _mm512_set1_pd(scale));
+    // For an f32 x: x < lo exactly when x < the least f32 >= lo, and x > hi exactly when
+    // x > the greatest f32 <= hi; so both tests run on the f32 values, 16 lanes at a time.
+    let (lo32, hi32) = (lo as f32, hi as f32);
+    let lo_up = _mm512_set1_ps(if (lo32 as f64) < lo { lo32.next_up() } else { lo32 });
+    let hi_down = _mm512_set1_ps(if (hi32 as f64) > hi { hi32.next_down() } else { hi32 });
     let (zero, last) = (_mm512_setzero_si512(), _mm512_set1_epi32(bins as i32 - 1));
     let (below, above, nan) = (_mm512_set1_epi32(bins as i32), _mm512_set1_epi32(bins as i32 + 1), _mm512_set1_epi32(bins as i32 + 2));
+    // The codes of the `live` lanes of the 16 values from i on.
+    macro_rules! step {
+        ($i:expr, $live:expr) => {{
+            let (i, live): (usize, __mmask16) = ($i, $live);
+            // SAFETY: only the live lanes are read, all inside `x`.
+            let v = unsafe { _mm512_maskz_loadu_ps(live, x.as_ptr().add(i)) };
+            let xl = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+            let xh = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
+            // floor(t) for t in [0, 2^31); NaN and out-of-range t give i32::MIN, which the
+            // clamp turns into 0 (as the portable code does) or the overrides below replace.
+            let cl =
+                _mm512_cvt_roundpd_epi32::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_mul_pd(_mm512_sub_pd(xl, lo_v), scale_v));
+            let ch =
+                _mm512_cvt_roundpd_epi32::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_mul_pd(_mm512_sub_pd(xh, lo_v), scale_v));
+            let c = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(cl), ch);
+            let c = _mm512_min_epi32(_mm512_max_epi32(c, zero), last);
+            let c = _mm512_mask_mov_epi32(c, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, lo_up), below);
+            let c = _mm512_mask_mov_epi32(c, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, hi_down), above);
+            let c = _mm512_mask_mov_epi32(c, _mm512_fpclass_ps_mask::<0x81>(v), nan);
+            // SAFETY: only the live lanes are written, all inside `codes`.
+            unsafe { _mm512_mask_storeu_epi32(codes.as_mut_ptr().add(i) as *mut i32, live, c) };
+        }};
+    }
+    let full = n / 16 * 16;
     let mut i = 0;
-    while i < n {
+    while i < full {
         super::cpu::prefetch(x, i + super::cpu::PREFETCH_F32);
-        let live: __mmask16 = if n - i >= 16 { 0xFFFF } else { (1u16 << (n - i)) - 1 };
-        // SAFETY: only the live lanes are read, all inside `x`.
-        let v = unsafe { _mm512_maskz_loadu_ps(live, x.as_ptr().add(i)) };
-        let xl = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-        let xh = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
-        // floor(t) for t in [0, 2^31); NaN and out-of-range t give i32::MIN, which the clamp
-        // turns into 0 (as the portable code does) or the overrides below replace.
-        let cl = _mm512_cvt_roundpd_epi32::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_mul_pd(_mm512_sub_pd(xl, lo_v), scale_v));
-        let ch = _mm512_cvt_roundpd_epi32::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_mul_pd(_mm512_sub_pd(xh, lo_v), scale_v));
-        let c = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(cl), ch);
-        let c = _mm512_min_epi32(_mm512_max_epi32(c, zero), last);
-        let lt = (_mm512_cmp_pd_mask::<_CMP_LT_OQ>(xl, lo_v) as u16) | ((_mm512_cmp_pd_mask::<_CMP_LT_OQ>(xh, lo_v) as u16) << 8);
-        let gt = (_mm512_cmp_pd_mask::<_CMP_GT_OQ>(xl, hi_v) as u16) | ((_mm512_cmp_pd_mask::<_CMP_GT_OQ>(xh, hi_v) as u16) << 8);
-        let c = _mm512_mask_mov_epi32(c, lt, below);
-        let c = _mm512_mask_mov_epi32(c, gt, above);
-        let c = _mm512_mask_mov_epi32(c, _mm512_fpclass_ps_mask::<0x81>(v), nan);
-        // SAFETY: only the live lanes are written, all inside `codes`.
-        unsafe { _mm512_mask_storeu_epi32(codes.as_mut_ptr().add(i) as *mut i32, live, c) };
+        step!(i, 0xFFFF);
         i += 16;
+    }
+    if full < n {
+        step!(full, (1u16 << (n - full)) - 1);
     }
 }
