@@ -273,6 +273,8 @@ impl HistCounts {
 
     /// Makes room for `n` more values: flushes first if a counter could pass u32::MAX.
     fn reserve(&mut self, n: usize) {
+        // A block's values (at most a unit of rows) always fit.
+        debug_assert!(n <= u32::MAX as usize);
         if self.pending + n as u64 > u32::MAX as u64 {
             self.flush();
         }
@@ -380,7 +382,8 @@ trait Elem: Copy + PartialOrd + Send + Sync + 'static {
     fn f64(self) -> f64;
     fn f32(self) -> f32;
     fn i64(self) -> i64;
-    /// The type's range, as i64 (integers only; floats give i64's).
+    /// The range of an 8- or 16-bit integer type, as i64 (only those use it; wider types
+    /// and floats give a range clipped to i64's).
     const RANGE: (i64, i64);
     /// `k as Self`, for `k` in `RANGE` (integers only).
     fn from_i64(k: i64) -> Self;

@@ -199,9 +199,11 @@ impl Dataset {
     pub(crate) fn read_ahead(&self, columns: &[usize], r0: u64, r1: u64) {
         for &c in columns {
             self.advise(c, r0, r1, |m, off, len| {
-                if m.advise_range(Advice::PopulateRead, off, len).is_err() {
-                    let _ = m.advise_range(Advice::WillNeed, off, len);
+                #[cfg(target_os = "linux")]
+                if m.advise_range(Advice::PopulateRead, off, len).is_ok() {
+                    return;
                 }
+                let _ = m.advise_range(Advice::WillNeed, off, len);
             });
         }
     }
@@ -276,9 +278,10 @@ fn map_file(path: &Path, kind: FileKind) -> Result<MappedFile> {
         // mapped would fault on access; `check_unchanged` reports changes after a run.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let _ = map.advise(Advice::Sequential);
-        // Huge pages where the file system offers them (ext4, xfs, tmpfs on recent
-        // kernels): a cold read fills the page cache in 2 MiB folios, and mapping them
-        // costs one page-table entry per 2 MiB instead of 512. Only advice.
+        // Huge pages where the file system offers them (ext4 and xfs with large folios,
+        // e.g. Linux 6.18 here; tmpfs): a cold read fills the page cache in 2 MiB folios,
+        // and mapping them costs one page-table entry per 2 MiB instead of 512. Only advice.
+        #[cfg(target_os = "linux")]
         let _ = map.advise(Advice::HugePage);
         Some(map)
     };
