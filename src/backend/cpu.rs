@@ -186,9 +186,10 @@ impl Cpu {
         let mut first_err = None;
         for (mut scratch, done) in parts {
             for (h, ext) in hists.iter_mut().zip(scratch.hists.iter_mut()) {
-                let sum = ext.take();
-                let b = sum.len() - 4;
-                h.merge(&HistAcc { counts: sum[..b].to_vec(), below: sum[b], above: sum[b + 1], nan: sum[b + 2] });
+                let mut counts = ext.take();
+                // Bins, then below, above, NaN and unselected.
+                let tail = counts.split_off(counts.len() - 4);
+                h.merge(&HistAcc { counts, below: tail[0], above: tail[1], nan: tail[2] });
             }
             for (b, r) in done {
                 match r {
@@ -678,24 +679,23 @@ fn compare_i_const<T: Elem>(c: Cmp, x: &[T], k: i64, o: &mut [u8]) {
             o.fill(all as u8);
             return;
         }
-        let k = T::from_i64(k);
-        match c {
-            Cmp::Lt => cmp_loop(x, o, |v| v < k),
-            Cmp::Le => cmp_loop(x, o, |v| v <= k),
-            Cmp::Gt => cmp_loop(x, o, |v| v > k),
-            Cmp::Ge => cmp_loop(x, o, |v| v >= k),
-            Cmp::Eq => cmp_loop(x, o, |v| v == k),
-            Cmp::Ne => cmp_loop(x, o, |v| v != k),
-        }
+        compare_const(c, x, T::from_i64(k), o, |v| v);
         return;
     }
+    compare_const(c, x, k, o, |v| v.i64());
+}
+
+/// `o[i] = f(x[i]) cmp k` as 0/1 bytes, one loop per operator (the match outside the loops,
+/// so that each vectorizes).
+#[inline(always)]
+fn compare_const<T: Copy, U: PartialOrd + Copy>(c: Cmp, x: &[T], k: U, o: &mut [u8], f: impl Fn(T) -> U) {
     match c {
-        Cmp::Lt => cmp_loop(x, o, |v| v.i64() < k),
-        Cmp::Le => cmp_loop(x, o, |v| v.i64() <= k),
-        Cmp::Gt => cmp_loop(x, o, |v| v.i64() > k),
-        Cmp::Ge => cmp_loop(x, o, |v| v.i64() >= k),
-        Cmp::Eq => cmp_loop(x, o, |v| v.i64() == k),
-        Cmp::Ne => cmp_loop(x, o, |v| v.i64() != k),
+        Cmp::Lt => cmp_loop(x, o, |v| f(v) < k),
+        Cmp::Le => cmp_loop(x, o, |v| f(v) <= k),
+        Cmp::Gt => cmp_loop(x, o, |v| f(v) > k),
+        Cmp::Ge => cmp_loop(x, o, |v| f(v) >= k),
+        Cmp::Eq => cmp_loop(x, o, |v| f(v) == k),
+        Cmp::Ne => cmp_loop(x, o, |v| f(v) != k),
     }
 }
 

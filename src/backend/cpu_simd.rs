@@ -16,6 +16,30 @@ pub(crate) const GW: usize = 8;
 /// Rows the row-wise group kernel transposes at a time.
 const GR: usize = 16;
 
+/// The first stage of the row kernels' 8-column transpose, within 128-bit lanes (lane L of
+/// each column vector in `c` holds rows 4L..4L+3): returns `u` where `u[q]` holds, in lane
+/// L, row 4L+q's columns 0-3 and `u[q+4]` its columns 4-7. The same unpacks and shuffles
+/// serve AVX-512 (`_mm512_*`) and AVX2 (`_mm256_*`).
+macro_rules! transpose_in_lanes {
+    ($c:expr, $unpacklo:ident, $unpackhi:ident, $shuffle:ident) => {{
+        let c = $c;
+        let (lo01, hi01) = ($unpacklo(c[0], c[1]), $unpackhi(c[0], c[1]));
+        let (lo23, hi23) = ($unpacklo(c[2], c[3]), $unpackhi(c[2], c[3]));
+        let (lo45, hi45) = ($unpacklo(c[4], c[5]), $unpackhi(c[4], c[5]));
+        let (lo67, hi67) = ($unpacklo(c[6], c[7]), $unpackhi(c[6], c[7]));
+        [
+            $shuffle::<0x44>(lo01, lo23),
+            $shuffle::<0xEE>(lo01, lo23),
+            $shuffle::<0x44>(hi01, hi23),
+            $shuffle::<0xEE>(hi01, hi23),
+            $shuffle::<0x44>(lo45, lo67),
+            $shuffle::<0xEE>(lo45, lo67),
+            $shuffle::<0x44>(hi45, hi67),
+            $shuffle::<0xEE>(hi45, hi67),
+        ]
+    }};
+}
+
 /// Running statistics of one group over up to `GW` f32 columns, one lane per column.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
@@ -132,26 +156,8 @@ pub(crate) unsafe fn group_rows(cols: &[&[f32]], slots: &[u32], g: usize, lanes:
             // SAFETY: i + GR <= n <= col.len().
             c[k] = unsafe { _mm512_loadu_ps(col.as_ptr().add(i)) };
         }
-        // Transpose within 128-bit lanes (lane L holds rows i+4L..i+4L+3): u[q] holds, in
-        // lane L, row 4L+q's columns 0-3, u[q+4] its columns 4-7.
-        let lo01 = _mm512_unpacklo_ps(c[0], c[1]);
-        let hi01 = _mm512_unpackhi_ps(c[0], c[1]);
-        let lo23 = _mm512_unpacklo_ps(c[2], c[3]);
-        let hi23 = _mm512_unpackhi_ps(c[2], c[3]);
-        let lo45 = _mm512_unpacklo_ps(c[4], c[5]);
-        let hi45 = _mm512_unpackhi_ps(c[4], c[5]);
-        let lo67 = _mm512_unpacklo_ps(c[6], c[7]);
-        let hi67 = _mm512_unpackhi_ps(c[6], c[7]);
-        let u = [
-            _mm512_shuffle_ps::<0x44>(lo01, lo23),
-            _mm512_shuffle_ps::<0xEE>(lo01, lo23),
-            _mm512_shuffle_ps::<0x44>(hi01, hi23),
-            _mm512_shuffle_ps::<0xEE>(hi01, hi23),
-            _mm512_shuffle_ps::<0x44>(lo45, lo67),
-            _mm512_shuffle_ps::<0xEE>(lo45, lo67),
-            _mm512_shuffle_ps::<0x44>(hi45, hi67),
-            _mm512_shuffle_ps::<0xEE>(hi45, hi67),
-        ];
+        // Transpose within 128-bit lanes (lane L holds rows i+4L..i+4L+3).
+        let u = transpose_in_lanes!(&c, _mm512_unpacklo_ps, _mm512_unpackhi_ps, _mm512_shuffle_ps);
         // rows[q]: rows q (low half) and 4+q (high half); rows[4+q]: rows 8+q and 12+q.
         let mut rows = [zero; 8];
         for q in 0..4 {
@@ -172,13 +178,19 @@ pub(crate) unsafe fn group_rows(cols: &[&[f32]], slots: &[u32], g: usize, lanes:
         i += GR;
     }
     for i in full..n {
-        let mut v = [0.0f32; GW];
-        for (k, col) in cols.iter().enumerate() {
-            v[k] = col[i];
-        }
-        // SAFETY: as above; `v` holds GW f32 values.
-        unsafe { update::<true>(&mut lanes[(slots[i] as usize).min(g)], _mm256_loadu_ps(v.as_ptr())) };
+        // SAFETY: as above; the row holds GW f32 values.
+        unsafe { update::<true>(&mut lanes[(slots[i] as usize).min(g)], _mm256_loadu_ps(tail_row(cols, i).as_ptr())) };
     }
+}
+
+/// Row i's values of the columns, 0 past `cols.len()`: a tail row of the row kernels.
+#[inline(always)]
+fn tail_row(cols: &[&[f32]], i: usize) -> [f32; GW] {
+    let mut v = [0.0; GW];
+    for (k, col) in cols.iter().enumerate() {
+        v[k] = col[i];
+    }
+    v
 }
 
 /// The 16 rows of one block of `group_rows` into their groups, in row order: row 4L+q is
@@ -361,26 +373,9 @@ pub(crate) unsafe fn group_rows_avx2(cols: &[&[f32]], slots: &[u32], g: usize, l
             // SAFETY: i + R <= n <= col.len().
             c[k] = unsafe { _mm256_loadu_ps(col.as_ptr().add(i)) };
         }
-        // 8×8 transpose: within 128-bit lanes (lane L holds rows i+4L..i+4L+3), u[q] gets
-        // row 4L+q's columns 0-3 and u[q+4] its columns 4-7; then the lanes are paired.
-        let lo01 = _mm256_unpacklo_ps(c[0], c[1]);
-        let hi01 = _mm256_unpackhi_ps(c[0], c[1]);
-        let lo23 = _mm256_unpacklo_ps(c[2], c[3]);
-        let hi23 = _mm256_unpackhi_ps(c[2], c[3]);
-        let lo45 = _mm256_unpacklo_ps(c[4], c[5]);
-        let hi45 = _mm256_unpackhi_ps(c[4], c[5]);
-        let lo67 = _mm256_unpacklo_ps(c[6], c[7]);
-        let hi67 = _mm256_unpackhi_ps(c[6], c[7]);
-        let u = [
-            _mm256_shuffle_ps::<0x44>(lo01, lo23),
-            _mm256_shuffle_ps::<0xEE>(lo01, lo23),
-            _mm256_shuffle_ps::<0x44>(hi01, hi23),
-            _mm256_shuffle_ps::<0xEE>(hi01, hi23),
-            _mm256_shuffle_ps::<0x44>(lo45, lo67),
-            _mm256_shuffle_ps::<0xEE>(lo45, lo67),
-            _mm256_shuffle_ps::<0x44>(hi45, hi67),
-            _mm256_shuffle_ps::<0xEE>(hi45, hi67),
-        ];
+        // 8×8 transpose: within 128-bit lanes (lane L holds rows i+4L..i+4L+3), then the
+        // lanes are paired.
+        let u = transpose_in_lanes!(&c, _mm256_unpacklo_ps, _mm256_unpackhi_ps, _mm256_shuffle_ps);
         let ks: &[u32; R] = slots[i..i + R].try_into().expect("R rows");
         let rows = [
             _mm256_permute2f128_ps::<0x20>(u[0], u[4]),
@@ -406,12 +401,8 @@ pub(crate) unsafe fn group_rows_avx2(cols: &[&[f32]], slots: &[u32], g: usize, l
         i += R;
     }
     for i in full..n {
-        let mut v = [0.0f32; GW];
-        for (k, col) in cols.iter().enumerate() {
-            v[k] = col[i];
-        }
-        // SAFETY: as above; `v` holds GW f32 values.
-        unsafe { update_avx2::<true>(&mut lanes[(slots[i] as usize).min(g)], _mm256_loadu_ps(v.as_ptr())) };
+        // SAFETY: as above; the row holds GW f32 values.
+        unsafe { update_avx2::<true>(&mut lanes[(slots[i] as usize).min(g)], _mm256_loadu_ps(tail_row(cols, i).as_ptr())) };
     }
 }
 
