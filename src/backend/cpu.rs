@@ -1112,7 +1112,9 @@ struct GroupBufs<'s> {
     gbuf: &'s mut Vec<f32>,
 }
 
-/// Per-group statistics of one block: keys mapped to dense slots in first-seen order.
+/// Per-group statistics of one block. An 8-bit key is its own slot (+128 for i8: 256
+/// slots, the empty ones dropped at the end); wider keys map to dense slots in first-seen
+/// order.
 #[inline(always)]
 fn group_block<'a>(
     key: View,
@@ -1123,40 +1125,47 @@ fn group_block<'a>(
 ) -> Vec<(i128, u64, Vec<BlockStats>)> {
     let GroupBufs { lanes, infs, keys, slots, table, map, order, gbuf } = bufs;
     let n = on_view!(key, x => x.len());
-    let narrow = matches!(key, View::I8(_) | View::U8(_) | View::I16(_) | View::U16(_));
     keys.clear();
-    // Every slot is written below (by `narrow_slots`, or filled first for wide keys).
+    // Every slot is written below (by `direct_slots`, `narrow_slots`, or filled first for
+    // wide keys).
     if slots.len() < n {
         slots.resize(n, u32::MAX);
     }
     let slots = &mut slots[..n];
-    if narrow && table.is_empty() {
-        table.resize(65536 + 32768, 0);
-    }
-    if narrow {
-        on_view!(key, x => narrow_slots(x, mask, table, keys, slots));
-        for &kv in keys.iter() {
-            table[(kv + KEY_OFFSET as i128) as usize] = 0;
-        }
-    } else {
-        slots.fill(u32::MAX);
-        on_view!(key, x => {
-            for i in 0..n {
-                if mask.is_some_and(|m| m[i] == 0) {
-                    continue;
-                }
-                let kv = x[i].i128();
-                slots[i] = *map.entry(kv).or_insert_with(|| {
-                    keys.push(kv);
-                    keys.len() as u32 - 1
-                });
+    // 8-bit keys: slot j holds key j - offset, and there are `g` slots.
+    let mut direct = None;
+    match key {
+        View::U8(x) => direct = Some(direct_slots(x, mask, 0, slots)),
+        View::I8(x) => direct = Some(direct_slots(x, mask, 128, slots)),
+        View::I16(_) | View::U16(_) => {
+            if table.is_empty() {
+                table.resize(65536 + 32768, 0);
             }
-        });
-        map.clear();
+            on_view!(key, x => narrow_slots(x, mask, table, keys, slots));
+            for &kv in keys.iter() {
+                table[(kv + KEY_OFFSET as i128) as usize] = 0;
+            }
+        }
+        _ => {
+            slots.fill(u32::MAX);
+            on_view!(key, x => {
+                for i in 0..n {
+                    if mask.is_some_and(|m| m[i] == 0) {
+                        continue;
+                    }
+                    let kv = x[i].i128();
+                    slots[i] = *map.entry(kv).or_insert_with(|| {
+                        keys.push(kv);
+                        keys.len() as u32 - 1
+                    });
+                }
+            });
+            map.clear();
+        }
     }
-    let g = keys.len();
-    let rows = rows_per_group(slots, g);
+    let g = direct.map_or(keys.len(), |(_, g)| g);
     let sources: Vec<View> = sources.collect();
+    let rows = rows_per_group(slots, g);
     // f32 columns: row by row into per-group accumulators when the groups are few enough
     // for those to stay in cache, else gathered into group order (below).
     let f32_cols: Vec<&[f32]> = sources.iter().filter_map(|v| if let View::F32(x) = *v { Some(x) } else { None }).collect();
@@ -1199,7 +1208,21 @@ fn group_block<'a>(
         };
         per_source.push(acc);
     }
-    (0..g).map(|j| (keys[j], rows[j], per_source.iter().map(|acc| acc[j]).collect())).collect()
+    let key_of = |j: usize| direct.map_or_else(|| keys[j], |(offset, _)| j as i128 - offset as i128);
+    (0..g).filter(|&j| rows[j] > 0).map(|j| (key_of(j), rows[j], per_source.iter().map(|acc| acc[j]).collect())).collect()
+}
+
+/// Slots of 8-bit keys: the key + `offset` (in 0..256), `u32::MAX` for an unselected row.
+/// Returns `offset` and the number of slots: one past the largest.
+#[inline(never)]
+fn direct_slots<T: Elem>(x: &[T], mask: Option<&[u8]>, offset: i64, slots: &mut [u32]) -> (i64, usize) {
+    let slots = &mut slots[..x.len()];
+    let top = x.iter().fold(T::from_i64(T::RANGE.0), |m, &v| if v > m { v } else { m });
+    match mask {
+        None => slots.iter_mut().zip(x).for_each(|(s, v)| *s = (v.i64() + offset) as u32),
+        Some(m) => slots.iter_mut().zip(x).zip(m).for_each(|((s, v), &on)| *s = if on != 0 { (v.i64() + offset) as u32 } else { u32::MAX }),
+    }
+    (offset, if x.is_empty() { 0 } else { (top.i64() + offset + 1) as usize })
 }
 
 /// Offset of a narrow (8/16-bit) key in the per-thread key table.
@@ -1241,8 +1264,9 @@ fn rows_per_group(slots: &[u32], g: usize) -> Vec<u64> {
     let quads = slots.chunks_exact(4);
     let tail = quads.remainder();
     for q in quads {
-        for k in 0..4 {
-            counts[k * w + (q[k] as usize).min(g)] += 1;
+        for (k, &slot) in q.iter().enumerate() {
+            // SAFETY: k < 4, so k * w + min(slot, g) < 4 * w = counts.len().
+            unsafe { *counts.get_unchecked_mut(k * w + (slot as usize).min(g)) += 1 };
         }
     }
     for &slot in tail {
@@ -1296,11 +1320,13 @@ fn group_rows_f32(
 ) -> Vec<Vec<BlockStats>> {
     assert!(level != Level::Base, "the row-wise group kernel needs AVX2 or AVX-512");
     let n = slots.len();
+    let present = rows.iter().filter(|&&r| r > 0).count();
     let mut out = Vec::with_capacity(cols.len());
     for chunk in cols.chunks(GW) {
         // One spare accumulator at index g takes the unselected rows.
         lanes.clear();
         lanes.resize(g + 1, GroupLanes::EMPTY);
+        cpu_simd::group_pivots(chunk, slots, g, present, lanes);
         // SAFETY: `level()` saw these features on this CPU; every column is a block of n
         // rows and lanes has g + 1 entries.
         #[cfg(target_arch = "x86_64")]

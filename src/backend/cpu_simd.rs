@@ -104,11 +104,12 @@ unsafe fn update<const NAN: bool>(a: &mut GroupLanes, v: __m256) {
 
 /// Sets each group's pivot per column: its first finite value in row order (0 when it has
 /// none). The sums then shift by it from the first row on: the rows before it hold only
-/// NaN (skipped) or ±inf, whose shifted sums do not depend on the pivot.
+/// NaN (skipped) or ±inf, whose shifted sums do not depend on the pivot. `present`: the
+/// groups (of g) with a row, so that the scan stops once all of them have their pivots.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn group_pivots(cols: &[&[f32]], slots: &[u32], g: usize, lanes: &mut [GroupLanes]) {
+pub(crate) fn group_pivots(cols: &[&[f32]], slots: &[u32], g: usize, present: usize, lanes: &mut [GroupLanes]) {
     let all = ((1u16 << cols.len()) - 1) as u8;
-    let mut missing = g * cols.len();
+    let mut missing = present * cols.len();
     for (i, &slot) in slots.iter().enumerate() {
         let Some(a) = lanes.get_mut(slot as usize).filter(|_| (slot as usize) < g) else { continue };
         if a.has_pivot == all {
@@ -127,7 +128,8 @@ fn group_pivots(cols: &[&[f32]], slots: &[u32], g: usize, lanes: &mut [GroupLane
     }
 }
 
-/// Adds rows `[0, n)` of up to `GW` f32 columns to their groups' accumulators: row i goes to
+/// Adds rows `[0, n)` of up to `GW` f32 columns to their groups' accumulators (whose pivots
+/// `group_pivots` set): row i goes to
 /// `lanes[min(slots[i], g)]` (so `u32::MAX`, an unselected row, goes to the spare
 /// accumulator `g`), in row order. Columns past `cols.len()` read as 0 (lanes nobody
 /// reads). Blocks of 16 rows without a NaN (most, in real data) take the update without
@@ -141,7 +143,6 @@ fn group_pivots(cols: &[&[f32]], slots: &[u32], g: usize, lanes: &mut [GroupLane
 pub(crate) unsafe fn group_rows(cols: &[&[f32]], slots: &[u32], g: usize, lanes: &mut [GroupLanes]) {
     let n = slots.len();
     assert!(cols.len() <= GW && lanes.len() == g + 1 && cols.iter().all(|c| c.len() >= n), "group_rows: bad shapes");
-    group_pivots(cols, slots, g, lanes);
     let full = n / GR * GR;
     // permutex2var indices: [A.lane0, B.lane0, A.lane1, B.lane1] and the same of lanes 2, 3.
     let idx01 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
@@ -255,12 +256,19 @@ pub(crate) unsafe fn stats_f32<const MASKED: bool, const FINITE: bool>(x: &[f32]
     let (mut mn, mut mx) = (_mm512_set1_ps(f32::INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
     let (mut fmn, mut fmx) = (mn, mx);
     let mut count = 0u64;
-    // One step: 16 values (the `live` ones) of `x` from i on.
+    // One step: 16 values (the `live` ones) of `x` from i on. In a whole step (`$whole`) the
+    // compiler folds the loads into the f64 conversions, and without a row mask min/max
+    // skip NaN by the instructions' own rule (a NaN first operand yields the second); the
+    // tail's zeroed lanes need the masked forms.
     macro_rules! step {
-        ($i:expr, $live:expr) => {{
+        ($i:expr, $live:expr, $whole:expr) => {{
             let (i, live): (usize, __mmask16) = ($i, $live);
-            // SAFETY: only the `live` lanes are read, all inside `x` (and `mask`).
-            let v = unsafe { _mm512_maskz_loadu_ps(live, x.as_ptr().add(i)) };
+            let p = x.as_ptr().wrapping_add(i);
+            // SAFETY: a whole step reads x[i..i + 16], inside `x`; a partial one reads only
+            // the `live` lanes, all inside `x` (and `mask`).
+            let v = unsafe { if $whole { _mm512_loadu_ps(p) } else { _mm512_maskz_loadu_ps(live, p) } };
+            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+            let hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(v));
             let on = if MASKED {
                 // SAFETY: as above.
                 let m = unsafe { _mm_maskz_loadu_epi8(live, mask.as_ptr().add(i) as *const i8) };
@@ -268,21 +276,25 @@ pub(crate) unsafe fn stats_f32<const MASKED: bool, const FINITE: bool>(x: &[f32]
             } else {
                 live
             };
-            // fpclass 0x81: NaN; 0x18: ±inf.
-            let ok = on & !_mm512_fpclass_ps_mask::<0x81>(v);
-            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
+            // Selected and not NaN.
+            let ok = _mm512_mask_cmp_ps_mask::<_CMP_ORD_Q>(on, v, v);
             let d_lo = _mm512_maskz_sub_pd(ok as u8, lo, piv);
             let d_hi = _mm512_maskz_sub_pd((ok >> 8) as u8, hi, piv);
             s_lo = _mm512_add_pd(s_lo, d_lo);
             s_hi = _mm512_add_pd(s_hi, d_hi);
             s2_lo = _mm512_add_pd(s2_lo, _mm512_mul_pd(d_lo, d_lo));
             s2_hi = _mm512_add_pd(s2_hi, _mm512_mul_pd(d_hi, d_hi));
-            // mask_min_ps(m, k, v, m) = v < m ? v : m in the selected lanes (the portable
-            // kernel's `if ok & (v < m) { v } else { m }`).
-            mn = _mm512_mask_min_ps(mn, ok, v, mn);
-            mx = _mm512_mask_max_ps(mx, ok, v, mx);
+            // min_ps(v, m) = v < m ? v : m (the portable kernel's `if ok & (v < m) { v } else
+            // { m }`): a NaN `v` keeps m.
+            if $whole && !MASKED {
+                mn = _mm512_min_ps(v, mn);
+                mx = _mm512_max_ps(v, mx);
+            } else {
+                mn = _mm512_mask_min_ps(mn, ok, v, mn);
+                mx = _mm512_mask_max_ps(mx, ok, v, mx);
+            }
             if FINITE {
+                // fpclass 0x18: ±inf.
                 let fin = ok & !_mm512_fpclass_ps_mask::<0x18>(v);
                 fmn = _mm512_mask_min_ps(fmn, fin, v, fmn);
                 fmx = _mm512_mask_max_ps(fmx, fin, v, fmx);
@@ -295,11 +307,11 @@ pub(crate) unsafe fn stats_f32<const MASKED: bool, const FINITE: bool>(x: &[f32]
     let mut i = 0;
     while i < full {
         super::cpu::prefetch(x, i + super::cpu::PREFETCH_F32);
-        step!(i, 0xFFFF);
+        step!(i, 0xFFFF, true);
         i += 16;
     }
     if full < n {
-        step!(full, (1u16 << (n - full)) - 1);
+        step!(full, (1u16 << (n - full)) - 1, false);
     }
     let lanes = |lo: __m512d, hi: __m512d| {
         let mut a = [0f64; 16];
@@ -361,7 +373,6 @@ pub(crate) unsafe fn group_rows_avx2(cols: &[&[f32]], slots: &[u32], g: usize, l
     const R: usize = 8;
     let n = slots.len();
     assert!(cols.len() <= GW && lanes.len() == g + 1 && cols.iter().all(|c| c.len() >= n), "group_rows_avx2: bad shapes");
-    group_pivots(cols, slots, g, lanes);
     let full = n / R * R;
     let zero = _mm256_setzero_ps();
     let mut i = 0;
