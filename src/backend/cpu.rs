@@ -1042,10 +1042,24 @@ fn hist_codes<T: Elem>(x: &[T], lo: f64, hi: f64, scale: f64, bins: u32, codes: 
     }
 }
 
-/// Histogram of one block: bin codes computed by a vectorizable loop (`bins` = below,
-/// `bins+1` = above, `bins+2` = NaN, `bins+3` = not selected), then counted.
+/// Values whose bin codes are computed, then counted, at a time: short runs, so that the
+/// code loop's prefetches keep the memory busy while the previous run is counted.
+const HIST_RUN: usize = 512;
+
+/// Histogram of one block, in runs of `HIST_RUN` values: bin codes computed by a
+/// vectorizable loop (`bins` = below, `bins+1` = above, `bins+2` = NaN, `bins+3` = not
+/// selected), then counted.
 #[inline(always)]
 fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, acc: &mut HistCounts, codes: &mut Vec<u32>, level: Level) {
+    for (k, run) in x.chunks(HIST_RUN).enumerate() {
+        let m = mask.map(|m| &m[k * HIST_RUN..k * HIST_RUN + run.len()]);
+        hist_run(run, m, h, acc, codes, level);
+    }
+}
+
+/// The histogram counts of one run of values (see `hist_any`).
+#[inline(always)]
+fn hist_run<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, acc: &mut HistCounts, codes: &mut Vec<u32>, level: Level) {
     let scale = bin_scale(h.lo, h.hi, h.bins);
     let (lo, hi, bins) = (h.lo, h.hi, h.bins);
     // Every code is written below: the buffer is not cleared first (resize only fills

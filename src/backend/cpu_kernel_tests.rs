@@ -253,7 +253,8 @@ fn avx2_stats_kernel_matches_its_lane_order_written_as_plain_loops() {
 }
 
 /// The AVX-512 bin codes equal the portable ones for any values and ranges, including a
-/// range of zero width, values at and beyond its ends, NaN and ±inf.
+/// range of zero width, values at and beyond its ends, on and beside bin edges (where the
+/// f32 step must defer to f64), NaN and ±inf.
 #[test]
 fn avx512_histogram_codes_equal_the_portable_ones() {
     if !has_avx512() {
@@ -264,11 +265,16 @@ fn avx512_histogram_codes_equal_the_portable_ones() {
         for _ in 0..6 {
             let mut x: Vec<f32> = (0..n).map(|_| value(&mut rng, 0.05)).collect();
             let (a, b) = (rng.normal() * 1e4, rng.normal() * 1e4);
-            let (lo, hi) = match (rng.next_u64() % 5, n) {
+            let (lo, hi) = match (rng.next_u64() % 8, n) {
                 (0, _) => (a.min(b), a.min(b)),
                 (1, _) => (-1e38, 1e38),
                 // Ends outside f32's range.
                 (2, _) => (-1e39, 3e39),
+                // Ends that are f32 values (the f32 step's error is then smallest).
+                (3, _) => (0.0, 1.0),
+                (4, _) => ((a.min(b) as f32) as f64, (a.max(b) as f32) as f64),
+                // A narrow range far from 0: lo's f32 rounding is then many bins wide.
+                (5, _) => (a, a + (b.abs() * 1e-4).max(1e-3)),
                 (_, 0) => (a.min(b), a.max(b)),
                 _ => {
                     // A range between two of the values, which then sit exactly on its ends.
@@ -284,13 +290,26 @@ fn avx512_histogram_codes_equal_the_portable_ones() {
             }
             let bins = [1, 2, 7, 256, 4096, 100_000][(rng.next_u64() % 6) as usize];
             let scale = crate::accum::bin_scale(lo, hi, bins);
+            // Values on bin edges (the f32 nearest lo + k / scale) and beside them.
+            if scale > 0.0 {
+                for v in x.iter_mut().skip(12).step_by(3) {
+                    let k = (rng.next_u64() % (bins as u64 + 1)) as f64;
+                    let e = (lo + k / scale) as f32;
+                    *v = [e, e.next_up(), e.next_down()][(rng.next_u64() % 3) as usize];
+                }
+            }
             let (mut fast, mut slow) = (vec![u32::MAX; n], vec![u32::MAX; n]);
             // SAFETY: this CPU has AVX-512 (checked above); `fast` holds n codes.
             unsafe { cpu_simd::hist_codes_f32(&x, lo, hi, scale, bins, &mut fast) };
             hist_codes(&x, lo, hi, scale, bins, &mut slow);
-            assert_eq!(fast, slow, "n={n} lo={lo} hi={hi} bins={bins}");
+            assert_eq!(fast, slow, "n={n} lo={lo} hi={hi} bins={bins} f32 step: {:?}", cpu_simd::F32Bins::new(lo, scale, bins));
         }
     }
+    // The f32 step runs for ordinary ranges, not for ones whose f32 form is too coarse.
+    assert!(cpu_simd::F32Bins::new(0.0, 256.0, 256).is_some());
+    assert!(cpu_simd::F32Bins::new(-3.7, 256.0 / 9.1, 256).is_some());
+    assert!(cpu_simd::F32Bins::new(1e4 + 0.1, 256.0, 256).is_none());
+    assert!(cpu_simd::F32Bins::new(0.0, 1.0, 2_000_000).is_none());
 }
 
 /// Histogram counters are u32: before any could pass u32::MAX they are added into u64

@@ -547,6 +547,11 @@ impl From<LaneStats8> for LaneStats {
 /// `bins + 1` above `hi`, `bins + 2` NaN), with the floor and the conversion done by one
 /// rounding conversion. `codes` receives `x.len()` codes.
 ///
+/// When the range allows (`F32Bins`), a step first computes `t = (x - lo) * scale` in f32:
+/// its distance to the f64 `t` is bounded, so when no in-range lane's f32 `t` lies within
+/// that bound of an integer, every floor is the f64 one. Otherwise (rare: about 2 × bound
+/// of the values) the step runs in f64.
+///
 /// # Safety
 /// The CPU must have AVX-512 F/BW/VL/DQ; `codes.len() >= x.len()`.
 #[cfg(target_arch = "x86_64")]
@@ -562,25 +567,56 @@ pub(crate) unsafe fn hist_codes_f32(x: &[f32], lo: f64, hi: f64, scale: f64, bin
     let hi_down = _mm512_set1_ps(if (hi32 as f64) > hi { hi32.next_down() } else { hi32 });
     let (zero, last) = (_mm512_setzero_si512(), _mm512_set1_epi32(bins as i32 - 1));
     let (below, above, nan) = (_mm512_set1_epi32(bins as i32), _mm512_set1_epi32(bins as i32 + 1), _mm512_set1_epi32(bins as i32 + 2));
+    let f32_bins = F32Bins::new(lo, scale, bins);
+    let (lo_f, scale_f) = f32_bins.map_or((0.0, 0.0), |f| (f.lo, f.scale));
+    let (lo_f, scale_f) = (_mm512_set1_ps(lo_f), _mm512_set1_ps(scale_f));
+    let (near_lo, near_hi) = f32_bins.map_or((0.0, 0.0), |f| (f.near_lo, f.near_hi));
+    let (near_lo, near_hi) = (_mm512_set1_ps(near_lo), _mm512_set1_ps(near_hi));
     // The codes of the `live` lanes of the 16 values from i on.
     macro_rules! step {
         ($i:expr, $live:expr) => {{
             let (i, live): (usize, __mmask16) = ($i, $live);
             // SAFETY: only the live lanes are read, all inside `x`.
             let v = unsafe { _mm512_maskz_loadu_ps(live, x.as_ptr().add(i)) };
-            let xl = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-            let xh = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
-            // floor(t) for t in [0, 2^31); NaN and out-of-range t give i32::MIN, which the
-            // clamp turns into 0 (as the portable code does) or the overrides below replace.
-            let cl =
-                _mm512_cvt_roundpd_epi32::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_mul_pd(_mm512_sub_pd(xl, lo_v), scale_v));
-            let ch =
-                _mm512_cvt_roundpd_epi32::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_mul_pd(_mm512_sub_pd(xh, lo_v), scale_v));
-            let c = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(cl), ch);
-            let c = _mm512_min_epi32(_mm512_max_epi32(c, zero), last);
-            let c = _mm512_mask_mov_epi32(c, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, lo_up), below);
-            let c = _mm512_mask_mov_epi32(c, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, hi_down), above);
-            let c = _mm512_mask_mov_epi32(c, _mm512_fpclass_ps_mask::<0x81>(v), nan);
+            let is_below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, lo_up);
+            let is_above = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, hi_down);
+            // fpclass 0x81: quiet or signalling NaN.
+            let is_nan = _mm512_fpclass_ps_mask::<0x81>(v);
+            let inside = live & !(is_below | is_above | is_nan);
+            let mut done = false;
+            let mut c = zero;
+            if f32_bins.is_some() {
+                let t = _mm512_mul_ps(_mm512_sub_ps(v, lo_f), scale_f);
+                let fl = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
+                let frac = _mm512_sub_ps(t, _mm512_cvtepi32_ps(fl));
+                let unsure = _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(inside, frac, near_lo)
+                    | _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(inside, frac, near_hi);
+                if unsure == 0 {
+                    // An in-range t is >= 0, so only the top end needs the clamp.
+                    c = _mm512_min_epi32(fl, last);
+                    done = true;
+                }
+            }
+            if !done {
+                let xl = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+                let xh = _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(v));
+                // floor(t) for t in [0, 2^31); NaN and out-of-range t give i32::MIN, which
+                // the clamp turns into 0 (as the portable code does) or the overrides below
+                // replace.
+                let cl = _mm512_cvt_roundpd_epi32::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_mul_pd(
+                    _mm512_sub_pd(xl, lo_v),
+                    scale_v,
+                ));
+                let ch = _mm512_cvt_roundpd_epi32::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_mul_pd(
+                    _mm512_sub_pd(xh, lo_v),
+                    scale_v,
+                ));
+                c = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(cl), ch);
+                c = _mm512_min_epi32(_mm512_max_epi32(c, zero), last);
+            }
+            let c = _mm512_mask_mov_epi32(c, is_below, below);
+            let c = _mm512_mask_mov_epi32(c, is_above, above);
+            let c = _mm512_mask_mov_epi32(c, is_nan, nan);
             // SAFETY: only the live lanes are written, all inside `codes`.
             unsafe { _mm512_mask_storeu_epi32(codes.as_mut_ptr().add(i) as *mut i32, live, c) };
         }};
@@ -594,5 +630,55 @@ pub(crate) unsafe fn hist_codes_f32(x: &[f32], lo: f64, hi: f64, scale: f64, bin
     }
     if full < n {
         step!(full, (1u16 << (n - full)) - 1);
+    }
+}
+
+/// The f32 form of a histogram's bin formula, for ranges where it is close enough to the
+/// f64 one: `t = (x - lo) * scale` in f32 differs from the f64 `t` by at most `err`, so a
+/// value whose f32 `t` has a fraction in `[near_lo, near_hi)` (at least `err` from either
+/// integer) has the same floor in both.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct F32Bins {
+    /// `lo` rounded to f32.
+    pub(crate) lo: f32,
+    /// `scale` rounded to f32.
+    pub(crate) scale: f32,
+    /// Fractions below this may round to the other side of an integer.
+    pub(crate) near_lo: f32,
+    /// Fractions at or above this may round to the other side of an integer.
+    pub(crate) near_hi: f32,
+}
+
+impl F32Bins {
+    /// Largest error bound worth the f32 test: beyond it too many values (about 2 × err of
+    /// them) would need the f64 step.
+    const MAX_ERR: f64 = 1.0 / 1024.0;
+
+    /// The f32 form for `lo`, `scale` (the f64 `bins / (hi - lo)`) and `bins`, if its error
+    /// bound is small enough.
+    ///
+    /// The bound, for an in-range x (`lo <= x <= hi`, so `0 <= (x - lo) * scale <= bins`
+    /// up to rounding), with u = 2^-24 and d = lo - lo_f32 (exact in f64): the f32 `t` is
+    /// `(x - lo + d)(1 + a) * scale (1 + b)(1 + c)` (|a|, |b|, |c| <= u: the subtraction,
+    /// the scale's rounding, the product) and the f64 `t` is `(x - lo)(1 + a')scale(1 + b')`
+    /// (|a'|, |b'| <= 2^-53), so they differ by at most
+    /// `(bins + 1)(3.01 u + 2^-52) + |d| scale (1 + 3.01 u)`; the margin below doubles it.
+    pub(crate) fn new(lo: f64, scale: f64, bins: u32) -> Option<F32Bins> {
+        let (lo_f, scale_f) = (lo as f32, scale as f32);
+        // A subnormal scale would have more than u of relative error.
+        if !lo_f.is_finite() || !scale_f.is_finite() || scale_f < f32::MIN_POSITIVE || bins > 1 << 20 {
+            return None;
+        }
+        let u = f64::powi(2.0, -24);
+        let d = (lo - lo_f as f64).abs();
+        let err = 2.0 * ((bins as f64 + 1.0) * (3.01 * u + f64::powi(2.0, -52)) + d * scale * (1.0 + 3.01 * u));
+        // (A NaN bound, from an infinite scale, fails this too.)
+        if err.is_nan() || err >= Self::MAX_ERR {
+            return None;
+        }
+        // near_lo >= err and near_hi <= 1 - err, both as f32.
+        let near_lo = (err as f32).next_up();
+        let near_hi = ((1.0 - near_lo as f64) as f32).next_down();
+        Some(F32Bins { lo: lo_f, scale: scale_f, near_lo, near_hi })
     }
 }
