@@ -292,6 +292,41 @@ impl HistCounts {
         self.pending = 0;
     }
 
+    /// Counts `codes` into the interleaved copies (eight for small histograms), so that runs
+    /// of one bin do not serialize on a single memory location.
+    ///
+    /// # Safety
+    /// Every code is at most `bins + 3` (as `hist_codes` makes them); they index unchecked.
+    unsafe fn add(&mut self, codes: &[u32], bins: u32) {
+        self.reserve(codes.len());
+        let (counts, stride) = (&mut self.copies[..], self.stride);
+        // Every code is at most bins + 3 < stride = bins + 4 (the unchecked indexing below).
+        assert!(stride > bins as usize + 3);
+        if stride == counts.len() {
+            for &c in codes.iter() {
+                // SAFETY: c < stride = counts.len() (asserted above).
+                unsafe { *counts.get_unchecked_mut(c as usize) += 1 };
+            }
+            return;
+        }
+        // Every copy is a full `stride` long (the unchecked indexing below).
+        assert_eq!(counts.len(), stride * HIST_COPIES);
+        let mut chunks = counts.chunks_exact_mut(stride);
+        let copies: &mut [&mut [u32]; HIST_COPIES] =
+            &mut std::array::from_fn(|_| chunks.next().expect("HIST_COPIES copies (asserted above)"));
+        let runs = codes.chunks_exact(HIST_COPIES);
+        let tail = runs.remainder();
+        for q in runs {
+            for k in 0..HIST_COPIES {
+                // SAFETY: every code < stride, the length of each copy (asserted above).
+                unsafe { *copies[k].get_unchecked_mut(q[k] as usize) += 1 };
+            }
+        }
+        for &c in tail {
+            copies[0][c as usize] += 1;
+        }
+    }
+
     /// The totals so far (`stride` codes); starts again from zero.
     fn take(&mut self) -> Vec<u64> {
         self.flush();
@@ -1051,66 +1086,38 @@ const HIST_RUN: usize = 512;
 /// selected), then counted.
 #[inline(always)]
 fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, acc: &mut HistCounts, codes: &mut Vec<u32>, level: Level) {
-    for (k, run) in x.chunks(HIST_RUN).enumerate() {
-        let m = mask.map(|m| &m[k * HIST_RUN..k * HIST_RUN + run.len()]);
-        hist_run(run, m, h, acc, codes, level);
-    }
-}
-
-/// The histogram counts of one run of values (see `hist_any`).
-#[inline(always)]
-fn hist_run<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, acc: &mut HistCounts, codes: &mut Vec<u32>, level: Level) {
-    let scale = bin_scale(h.lo, h.hi, h.bins);
     let (lo, hi, bins) = (h.lo, h.hi, h.bins);
-    // Every code is written below: the buffer is not cleared first (resize only fills
-    // what it adds).
-    codes.resize(x.len(), 0);
+    let scale = bin_scale(lo, hi, bins);
     #[cfg(target_arch = "x86_64")]
     let simd = level == Level::Avx512 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
     #[cfg(not(target_arch = "x86_64"))]
     let simd = false;
-    if simd {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: T is f32 (same TypeId), so the slice is reinterpreted as itself; `level()`
-        // saw AVX-512 on this CPU; codes holds x.len() entries.
-        unsafe {
-            cpu_simd::hist_codes_f32(std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()), lo, hi, scale, bins, codes)
-        };
-    } else {
-        hist_codes(x, lo, hi, scale, bins, codes);
-    }
-    if let Some(m) = mask {
-        for i in 0..x.len() {
-            codes[i] = if m[i] != 0 { codes[i] } else { bins + 3 };
+    // The f32 form of the bin formula (AVX-512 only), once for the block.
+    let f32_bins = if simd { cpu_simd::F32Bins::new(lo, scale, bins) } else { None };
+    for (k, run) in x.chunks(HIST_RUN).enumerate() {
+        // Every code is written below: the buffer is not cleared first (resize only fills
+        // what it adds).
+        codes.resize(run.len(), 0);
+        if simd {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: T is f32 (same TypeId), so the slice is reinterpreted as itself;
+            // `level()` saw AVX-512 on this CPU; codes holds run.len() entries.
+            unsafe {
+                let run = std::slice::from_raw_parts(run.as_ptr() as *const f32, run.len());
+                cpu_simd::hist_codes_f32(run, lo, hi, scale, bins, f32_bins, codes)
+            };
+        } else {
+            hist_codes(run, lo, hi, scale, bins, codes);
         }
-    }
-    // Interleaved copies of the counts (eight for small histograms), so that runs of one bin
-    // do not serialize on a single memory location.
-    acc.reserve(x.len());
-    let (counts, stride) = (&mut acc.copies[..], acc.stride);
-    // Every code is at most bins + 3 < stride = bins + 4 (the unchecked indexing below).
-    assert!(stride > bins as usize + 3);
-    if stride == counts.len() {
-        for &c in codes.iter() {
-            // SAFETY: c < stride = counts.len() (asserted above).
-            unsafe { *counts.get_unchecked_mut(c as usize) += 1 };
+        if let Some(m) = mask {
+            for (c, &on) in codes.iter_mut().zip(&m[k * HIST_RUN..]) {
+                if on == 0 {
+                    *c = bins + 3;
+                }
+            }
         }
-        return;
-    }
-    // Every copy is a full `stride` long (the unchecked indexing below).
-    assert_eq!(counts.len(), stride * HIST_COPIES);
-    let mut chunks = counts.chunks_exact_mut(stride);
-    let copies: &mut [&mut [u32]; HIST_COPIES] = &mut std::array::from_fn(|_| chunks.next().expect("HIST_COPIES copies (asserted above)"));
-    let runs = codes.chunks_exact(HIST_COPIES);
-    let tail = runs.remainder();
-    for q in runs {
-        for k in 0..HIST_COPIES {
-            // SAFETY: every code < stride, the length of each copy (asserted above).
-            unsafe { *copies[k].get_unchecked_mut(q[k] as usize) += 1 };
-        }
-    }
-    for &c in tail {
-        copies[0][c as usize] += 1;
+        // SAFETY: the codes above are at most bins + 3.
+        unsafe { acc.add(codes, bins) };
     }
 }
 
@@ -1146,11 +1153,10 @@ fn group_block<'a>(
         slots.resize(n, u32::MAX);
     }
     let slots = &mut slots[..n];
-    // 8-bit keys: slot j holds key j - offset, and there are `g` slots.
-    let mut direct = None;
-    match key {
-        View::U8(x) => direct = Some(direct_slots(x, mask, 0, slots)),
-        View::I8(x) => direct = Some(direct_slots(x, mask, 128, slots)),
+    // 8-bit keys: `(offset, g)`, slot j holding key j - offset, and `g` slots.
+    let direct = match key {
+        View::U8(x) => Some((0, direct_slots(x, mask, 0, slots))),
+        View::I8(x) => Some((128, direct_slots(x, mask, 128, slots))),
         View::I16(_) | View::U16(_) => {
             if table.is_empty() {
                 table.resize(65536 + 32768, 0);
@@ -1159,6 +1165,7 @@ fn group_block<'a>(
             for &kv in keys.iter() {
                 table[(kv + KEY_OFFSET as i128) as usize] = 0;
             }
+            None
         }
         _ => {
             slots.fill(u32::MAX);
@@ -1175,8 +1182,9 @@ fn group_block<'a>(
                 }
             });
             map.clear();
+            None
         }
-    }
+    };
     let g = direct.map_or(keys.len(), |(_, g)| g);
     let sources: Vec<View> = sources.collect();
     let rows = rows_per_group(slots, g);
@@ -1227,22 +1235,35 @@ fn group_block<'a>(
 }
 
 /// Slots of 8-bit keys: the key + `offset` (in 0..256), `u32::MAX` for an unselected row.
-/// Returns `offset` and the number of slots: one past the largest.
+/// Returns the number of slots: one past the largest key's (unselected rows included).
 #[inline(never)]
-fn direct_slots<T: Elem>(x: &[T], mask: Option<&[u8]>, offset: i64, slots: &mut [u32]) -> (i64, usize) {
+fn direct_slots<T: Elem>(x: &[T], mask: Option<&[u8]>, offset: i64, slots: &mut [u32]) -> usize {
     let slots = &mut slots[..x.len()];
-    let top = x.iter().fold(T::from_i64(T::RANGE.0), |m, &v| if v > m { v } else { m });
+    // One pass: each slot written, the largest kept (both loops vectorize).
+    let mut top = 0;
     match mask {
-        None => slots.iter_mut().zip(x).for_each(|(s, v)| *s = (v.i64() + offset) as u32),
-        Some(m) => slots.iter_mut().zip(x).zip(m).for_each(|((s, v), &on)| *s = if on != 0 { (v.i64() + offset) as u32 } else { u32::MAX }),
+        None => {
+            for (s, v) in slots.iter_mut().zip(x) {
+                let k = (v.i64() + offset) as u32;
+                *s = k;
+                top = top.max(k + 1);
+            }
+        }
+        Some(m) => {
+            for ((s, v), &on) in slots.iter_mut().zip(x).zip(m) {
+                let k = (v.i64() + offset) as u32;
+                *s = if on != 0 { k } else { u32::MAX };
+                top = top.max(k + 1);
+            }
+        }
     }
-    (offset, if x.is_empty() { 0 } else { (top.i64() + offset + 1) as usize })
+    top as usize
 }
 
-/// Offset of a narrow (8/16-bit) key in the per-thread key table.
+/// Offset of a 16-bit key in the per-thread key table.
 const KEY_OFFSET: i64 = 32768;
 
-/// Dense group slots of a block's narrow keys, in first-seen order: `slots[i]` for row i
+/// Dense group slots of a block's 16-bit keys, in first-seen order: `slots[i]` for row i
 /// (`u32::MAX` when unselected), `keys[j]` for slot j. `table[key + KEY_OFFSET]` is 1 + the
 /// key's slot, 0 when unseen (the caller resets the entries of `keys` afterwards).
 #[inline(never)]

@@ -300,7 +300,7 @@ fn avx512_histogram_codes_equal_the_portable_ones() {
             }
             let (mut fast, mut slow) = (vec![u32::MAX; n], vec![u32::MAX; n]);
             // SAFETY: this CPU has AVX-512 (checked above); `fast` holds n codes.
-            unsafe { cpu_simd::hist_codes_f32(&x, lo, hi, scale, bins, &mut fast) };
+            unsafe { cpu_simd::hist_codes_f32(&x, lo, hi, scale, bins, cpu_simd::F32Bins::new(lo, scale, bins), &mut fast) };
             hist_codes(&x, lo, hi, scale, bins, &mut slow);
             assert_eq!(fast, slow, "n={n} lo={lo} hi={hi} bins={bins} f32 step: {:?}", cpu_simd::F32Bins::new(lo, scale, bins));
         }

@@ -547,7 +547,8 @@ impl From<LaneStats8> for LaneStats {
 /// `bins + 1` above `hi`, `bins + 2` NaN), with the floor and the conversion done by one
 /// rounding conversion. `codes` receives `x.len()` codes.
 ///
-/// When the range allows (`F32Bins`), a step first computes `t = (x - lo) * scale` in f32:
+/// With `f32_bins` (`F32Bins::new` of the same range), a step first computes
+/// `t = (x - lo) * scale` in f32:
 /// its distance to the f64 `t` is bounded, so when no in-range lane's f32 `t` lies within
 /// that bound of an integer, every floor is the f64 one. Otherwise (rare: about 2 × bound
 /// of the values) the step runs in f64.
@@ -556,7 +557,7 @@ impl From<LaneStats8> for LaneStats {
 /// The CPU must have AVX-512 F/BW/VL/DQ; `codes.len() >= x.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-pub(crate) unsafe fn hist_codes_f32(x: &[f32], lo: f64, hi: f64, scale: f64, bins: u32, codes: &mut [u32]) {
+pub(crate) unsafe fn hist_codes_f32(x: &[f32], lo: f64, hi: f64, scale: f64, bins: u32, f32_bins: Option<F32Bins>, codes: &mut [u32]) {
     assert!(codes.len() >= x.len() && bins >= 1 && bins < i32::MAX as u32 - 3, "hist_codes_f32: bad shapes");
     let n = x.len();
     let (lo_v, scale_v) = (_mm512_set1_pd(lo), _mm512_set1_pd(scale));
@@ -567,7 +568,6 @@ pub(crate) unsafe fn hist_codes_f32(x: &[f32], lo: f64, hi: f64, scale: f64, bin
     let hi_down = _mm512_set1_ps(if (hi32 as f64) > hi { hi32.next_down() } else { hi32 });
     let (zero, last) = (_mm512_setzero_si512(), _mm512_set1_epi32(bins as i32 - 1));
     let (below, above, nan) = (_mm512_set1_epi32(bins as i32), _mm512_set1_epi32(bins as i32 + 1), _mm512_set1_epi32(bins as i32 + 2));
-    let f32_bins = F32Bins::new(lo, scale, bins);
     let (lo_f, scale_f) = f32_bins.map_or((0.0, 0.0), |f| (f.lo, f.scale));
     let (lo_f, scale_f) = (_mm512_set1_ps(lo_f), _mm512_set1_ps(scale_f));
     let (near_lo, near_hi) = f32_bins.map_or((0.0, 0.0), |f| (f.near_lo, f.near_hi));
@@ -583,21 +583,21 @@ pub(crate) unsafe fn hist_codes_f32(x: &[f32], lo: f64, hi: f64, scale: f64, bin
             // fpclass 0x81: quiet or signalling NaN.
             let is_nan = _mm512_fpclass_ps_mask::<0x81>(v);
             let inside = live & !(is_below | is_above | is_nan);
-            let mut done = false;
-            let mut c = zero;
-            if f32_bins.is_some() {
+            // The f32 codes, when every in-range lane is far enough from a bin edge.
+            let sure = if f32_bins.is_some() {
                 let t = _mm512_mul_ps(_mm512_sub_ps(v, lo_f), scale_f);
                 let fl = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
                 let frac = _mm512_sub_ps(t, _mm512_cvtepi32_ps(fl));
                 let unsure = _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(inside, frac, near_lo)
                     | _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(inside, frac, near_hi);
-                if unsure == 0 {
-                    // An in-range t is >= 0, so only the top end needs the clamp.
-                    c = _mm512_min_epi32(fl, last);
-                    done = true;
-                }
-            }
-            if !done {
+                // An in-range t is >= 0, so only the top end needs the clamp.
+                if unsure == 0 { Some(_mm512_min_epi32(fl, last)) } else { None }
+            } else {
+                None
+            };
+            let c = if let Some(c) = sure {
+                c
+            } else {
                 let xl = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
                 let xh = _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(v));
                 // floor(t) for t in [0, 2^31); NaN and out-of-range t give i32::MIN, which
@@ -611,9 +611,9 @@ pub(crate) unsafe fn hist_codes_f32(x: &[f32], lo: f64, hi: f64, scale: f64, bin
                     _mm512_sub_pd(xh, lo_v),
                     scale_v,
                 ));
-                c = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(cl), ch);
-                c = _mm512_min_epi32(_mm512_max_epi32(c, zero), last);
-            }
+                let c = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(cl), ch);
+                _mm512_min_epi32(_mm512_max_epi32(c, zero), last)
+            };
             let c = _mm512_mask_mov_epi32(c, is_below, below);
             let c = _mm512_mask_mov_epi32(c, is_above, above);
             let c = _mm512_mask_mov_epi32(c, is_nan, nan);
