@@ -19,14 +19,29 @@ pub const BLOCK_ROWS: u64 = 8192;
 /// The most distinct keys a group-by may have.
 pub const MAX_GROUPS: usize = 65_536;
 
-/// Rows per partial of a group-by: eight blocks, so that the fixed cost of each group's
-/// partial is spread over more rows. Also a fixed unit, so results stay independent of the
-/// tile size and thread count.
+/// Rows per partial of a group-by on a GPU: eight blocks, so that the fixed cost of each
+/// group's partial is spread over more rows. Also a fixed unit, so results stay independent
+/// of the tile size and thread count.
 pub const GROUP_BLOCK_ROWS: u64 = 8 * BLOCK_ROWS;
 
-/// Rows per partial (the unit of parallel work) of a program.
+/// Rows per partial on the CPU of a group-by that computes nothing per row (no filter, no
+/// expression): four GPU units. Every partial carries each group's statistics, and merging
+/// them (serial, in row order) and setting a unit up cost the same whatever its rows: with
+/// 262,144 rows a 64-key group-by of 8 columns ran 12 % faster than with 65,536 on two
+/// cores, while a unit's slot codes (1 MiB) still fit in L2 (with 1,048,576 rows it was
+/// slower again). A group-by with expressions keeps `GROUP_BLOCK_ROWS`, since each thread
+/// holds a unit of every expression's values. A GPU keeps the smaller unit too: a unit is
+/// one thread block there, and fewer would leave a large GPU idle.
+pub const CPU_GROUP_BLOCK_ROWS: u64 = 4 * GROUP_BLOCK_ROWS;
+
+/// Rows per partial (the unit of parallel work) of a program on a GPU.
 pub(crate) fn unit_rows(prog: &FusedProgram) -> u64 {
     if prog.key.is_some() { GROUP_BLOCK_ROWS } else { BLOCK_ROWS }
+}
+
+/// Rows per partial of a program on the CPU.
+pub(crate) fn cpu_unit_rows(prog: &FusedProgram) -> u64 {
+    if prog.key.is_some() && prog.instrs.is_empty() { CPU_GROUP_BLOCK_ROWS } else { unit_rows(prog) }
 }
 
 /// A callback told how many rows of a pass are done: `(done, total)`.
@@ -71,12 +86,11 @@ pub(crate) struct PassOutput {
 }
 
 /// Rows per tile for a program under a memory budget: output buffers for a whole tile
-/// must fit, and a tile is a whole number of blocks.
-pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
+/// must fit, and a tile is a whole number of `unit`s (the backend's rows per partial).
+pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64, unit: u64) -> u64 {
     let in_bytes: u64 = prog.inputs.iter().map(|&c| ds.columns()[c].dtype.size() as u64).sum();
     let out_bytes: u64 = prog.outputs.iter().map(|o| o.dtype.size() as u64).sum();
     let per_row = (in_bytes + 2 * out_bytes).max(1);
-    let unit = unit_rows(prog);
     let mut units = budget / per_row / unit;
     if let Some(k) = prog.key {
         // A tile's group partials are held until the tile is merged: at worst every row of a
@@ -148,7 +162,8 @@ fn run_tiles<B: Backend>(
     // Each thread holds one block of every register: a huge expression must not outgrow the
     // budget unnoticed.
     let threads = opts.threads.unwrap_or_else(rayon::current_num_threads).max(1) as u64;
-    let reg_bytes = prog.instrs.len() as u64 * unit_rows(prog) * 8 * threads;
+    let unit = backend.unit_rows(prog);
+    let reg_bytes = prog.instrs.len() as u64 * unit * 8 * threads;
     if reg_bytes > opts.memory_budget.max(64 << 20) {
         return Err(Error::plan(format!(
             "the query's expressions need {} MiB of working memory on {threads} threads (more than --memory-budget); simplify them or raise the budget",
@@ -156,7 +171,6 @@ fn run_tiles<B: Backend>(
         )));
     }
     let rows = ds.rows();
-    let unit = unit_rows(prog);
     // No buffer larger than the dataset needs.
     let mut tile = backend.tile_rows(prog, ds, opts.memory_budget).min(rows.div_ceil(unit).max(1) * unit);
     // A device short of memory gets smaller tiles, down to one unit, before it fails.
@@ -230,7 +244,7 @@ fn run_tiles<B: Backend>(
             }
             if sink.is_some() {
                 let n = part.selected as usize;
-                let from = b * unit_rows(prog) as usize;
+                let from = b * unit as usize;
                 if from != packed {
                     for (col, spec) in tile_out.columns.iter_mut().zip(&prog.outputs) {
                         let sz = spec.dtype.size();

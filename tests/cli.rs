@@ -1023,7 +1023,9 @@ fn constant_column_scales_to_zero() {
 fn memory_budget_and_threads_do_not_change_results() {
     let s = seed("memory_budget_and_threads_do_not_change_results");
     let dir = TempDir::new("determinism");
-    let g = gen_data(&dir, "d.safetensors", 200_000, 4, s);
+    // More rows than two of the CPU's group-by units (262,144 rows), so that the small
+    // budgets split the group-by into several tiles.
+    let g = gen_data(&dir, "d.safetensors", 600_000, 4, s);
     let p = g.path.as_str();
     let configs: [&[&str]; 3] = [&[], &["--memory-budget", "1MiB", "--threads", "1"], &["--memory-budget", "300KiB", "--threads", "2"]];
     let queries: [&[&str]; 5] = [

@@ -14,7 +14,7 @@ use super::{Backend, BlockPartial, TileOut, TileResult};
 use crate::accum::{Accumulator, BlockStats, HistAcc, bin_scale};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::exec::unit_rows;
+use crate::exec::cpu_unit_rows;
 use crate::ops::{Cmp, Op, VType, cpu as k};
 use crate::program::{FusedProgram, HistSpec, Instr, OutSpec, Scale, Source, Value};
 use crate::source::Dataset;
@@ -64,6 +64,9 @@ fn level() -> Level {
 pub(crate) struct Cpu {
     pool: Option<rayon::ThreadPool>,
     level: Level,
+    /// Partials of a GPU's rows (`exec::unit_rows`) instead of the CPU's: the CUDA
+    /// emulation tests compare partials one by one.
+    pub(super) gpu_units: bool,
 }
 
 impl Cpu {
@@ -78,7 +81,7 @@ impl Cpu {
                     .map_err(|e| Error::plan(format!("cannot start {n} threads: {e}")))?,
             ),
         };
-        Ok(Cpu { pool, level: level() })
+        Ok(Cpu { pool, level: level(), gpu_units: false })
     }
 }
 
@@ -87,6 +90,8 @@ pub(crate) struct Prepared {
     prog: FusedProgram,
     dtypes: Vec<DType>,
     steps: Vec<Step>,
+    /// Rows per partial.
+    unit: u64,
     /// Per-thread buffers kept between tiles.
     scratch: std::sync::Mutex<Vec<Scratch>>,
 }
@@ -149,7 +154,7 @@ fn plan_steps(prog: &FusedProgram, dtypes: &[DType]) -> Vec<Step> {
 impl Cpu {
     /// Runs the program over rows `tile` (which starts on a block boundary).
     pub(crate) fn run_tile(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult> {
-        let unit = unit_rows(&prep.prog);
+        let unit = prep.unit;
         let nblocks = (tile.end - tile.start).div_ceil(unit) as usize;
         let mut per_block: Vec<Vec<&mut [u8]>> = (0..nblocks).map(|_| Vec::new()).collect();
         if let Some(out) = out {
@@ -166,7 +171,12 @@ impl Cpu {
                 .enumerate()
                 .with_min_len(2)
                 .fold(
-                    || (prep.scratch.lock().ok().and_then(|mut p| p.pop()).unwrap_or_else(|| Scratch::new(&prep.prog)), Vec::new()),
+                    || {
+                        (
+                            prep.scratch.lock().ok().and_then(|mut p| p.pop()).unwrap_or_else(|| Scratch::new(&prep.prog, unit as usize)),
+                            Vec::new(),
+                        )
+                    },
                     |(mut s, mut done), (b, mut outs)| {
                         let r0 = tile.start + b as u64 * unit;
                         let n = (tile.end - r0).min(unit) as usize;
@@ -215,6 +225,10 @@ impl Backend for Cpu {
     type Prepared = Prepared;
     type Ticket = TileResult;
 
+    fn unit_rows(&self, prog: &FusedProgram) -> u64 {
+        if self.gpu_units { crate::exec::unit_rows(prog) } else { cpu_unit_rows(prog) }
+    }
+
     fn submit(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult> {
         self.run_tile(prep, ds, tile, out)
     }
@@ -226,7 +240,7 @@ impl Backend for Cpu {
     fn prepare(&self, prog: &FusedProgram, ds: &Dataset, _tile_rows: u64) -> Result<Prepared> {
         let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
         let steps = plan_steps(prog, &dtypes);
-        Ok(Prepared { prog: prog.clone(), dtypes, steps, scratch: std::sync::Mutex::new(Vec::new()) })
+        Ok(Prepared { prog: prog.clone(), dtypes, steps, unit: self.unit_rows(prog), scratch: std::sync::Mutex::new(Vec::new()) })
     }
 }
 
@@ -327,6 +341,13 @@ impl HistCounts {
         }
     }
 
+    /// The counters, with room for `n` more values (flushed first if needed), and their
+    /// stride (bins + 4).
+    fn room(&mut self, n: usize) -> (&mut [u32], usize) {
+        self.reserve(n);
+        (&mut self.copies, self.stride)
+    }
+
     /// The totals so far (`stride` codes); starts again from zero.
     fn take(&mut self) -> Vec<u64> {
         self.flush();
@@ -341,8 +362,7 @@ enum Reg {
 }
 
 impl Scratch {
-    fn new(prog: &FusedProgram) -> Scratch {
-        let unit = unit_rows(prog) as usize;
+    fn new(prog: &FusedProgram, unit: usize) -> Scratch {
         let regs = prog
             .instrs
             .iter()
@@ -571,8 +591,7 @@ fn run_block_impl(
         },
         None => None,
     };
-    // Mask bytes are 0 or 1 (comparisons and logic ops write nothing else).
-    let selected = mask.map_or(n as u64, |m| m.iter().map(|&b| b as u64).sum());
+    let selected = mask.map_or(n as u64, count_selected);
     let mut part = BlockPartial { selected, ..BlockPartial::default() };
 
     let source_view = |src: &Source| -> View {
@@ -625,6 +644,17 @@ fn run_block_impl(
         }
     }
     Ok(part)
+}
+
+/// Rows a mask keeps. Mask bytes are 0 or 1 (comparisons and logic ops write nothing
+/// else), so a word's set bits are its 1 bytes: one popcount per 8 bytes (2-4 % faster
+/// filtered stats than a byte-wise sum widened to u64).
+#[inline(always)]
+fn count_selected(m: &[u8]) -> u64 {
+    let words = m.chunks_exact(8);
+    let tail: u64 = words.remainder().iter().map(|&b| b as u64).sum();
+    // chunks_exact(8) yields 8-byte slices.
+    words.map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")).count_ones() as u64).sum::<u64>() + tail
 }
 
 /// True when an output is the input column's bytes unchanged (every backend copies those).
@@ -1081,34 +1111,36 @@ fn hist_codes<T: Elem>(x: &[T], lo: f64, hi: f64, scale: f64, bins: u32, codes: 
 /// code loop's prefetches keep the memory busy while the previous run is counted.
 const HIST_RUN: usize = 512;
 
-/// Histogram of one block, in runs of `HIST_RUN` values: bin codes computed by a
-/// vectorizable loop (`bins` = below, `bins+1` = above, `bins+2` = NaN, `bins+3` = not
-/// selected), then counted.
+/// Histogram of one block: bin codes (`bins` = below, `bins+1` = above, `bins+2` = NaN,
+/// `bins+3` = not selected) counted as they are computed (f32 values with AVX-512), or
+/// computed by a vectorizable loop in runs of `HIST_RUN` values, then counted.
 #[inline(always)]
 fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, acc: &mut HistCounts, codes: &mut Vec<u32>, level: Level) {
     let (lo, hi, bins) = (h.lo, h.hi, h.bins);
     let scale = bin_scale(lo, hi, bins);
     #[cfg(target_arch = "x86_64")]
-    let simd = level == Level::Avx512 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
-    #[cfg(not(target_arch = "x86_64"))]
-    let simd = false;
-    // The f32 form of the bin formula (AVX-512 only), once for the block.
-    let f32_bins = if simd { cpu_simd::F32Bins::new(lo, scale, bins) } else { None };
+    if level == Level::Avx512 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // The f32 form of the bin formula, once for the block.
+        let f32_bins = cpu_simd::F32Bins::new(lo, scale, bins);
+        let (counts, stride) = acc.room(x.len());
+        // SAFETY: T is f32 (same TypeId), so the slice is reinterpreted as itself;
+        // `level()` saw AVX-512 on this CPU; `HistCounts` keeps 1 or HIST_COPIES (8, which
+        // divides 16) copies of bins + 4 counters; the mask covers the block.
+        unsafe {
+            let x = std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len());
+            if counts.len() == stride {
+                cpu_simd::hist_count_f32::<1>(x, mask, lo, hi, scale, bins, f32_bins, counts, stride)
+            } else {
+                cpu_simd::hist_count_f32::<HIST_COPIES>(x, mask, lo, hi, scale, bins, f32_bins, counts, stride)
+            }
+        };
+        return;
+    }
     for (k, run) in x.chunks(HIST_RUN).enumerate() {
         // Every code is written below: the buffer is not cleared first (resize only fills
         // what it adds).
         codes.resize(run.len(), 0);
-        if simd {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: T is f32 (same TypeId), so the slice is reinterpreted as itself;
-            // `level()` saw AVX-512 on this CPU; codes holds run.len() entries.
-            unsafe {
-                let run = std::slice::from_raw_parts(run.as_ptr() as *const f32, run.len());
-                cpu_simd::hist_codes_f32(run, lo, hi, scale, bins, f32_bins, codes)
-            };
-        } else {
-            hist_codes(run, lo, hi, scale, bins, codes);
-        }
+        hist_codes(run, lo, hi, scale, bins, codes);
         if let Some(m) = mask {
             for (c, &on) in codes.iter_mut().zip(&m[k * HIST_RUN..]) {
                 if on == 0 {

@@ -256,7 +256,7 @@ fn avx2_stats_kernel_matches_its_lane_order_written_as_plain_loops() {
 /// range of zero width, values at and beyond its ends, on and beside bin edges (where the
 /// f32 step must defer to f64), NaN and ±inf.
 #[test]
-fn avx512_histogram_codes_equal_the_portable_ones() {
+fn avx512_histogram_counts_equal_the_portable_ones() {
     if !has_avx512() {
         return;
     }
@@ -298,11 +298,43 @@ fn avx512_histogram_codes_equal_the_portable_ones() {
                     *v = [e, e.next_up(), e.next_down()][(rng.next_u64() % 3) as usize];
                 }
             }
-            let (mut fast, mut slow) = (vec![u32::MAX; n], vec![u32::MAX; n]);
-            // SAFETY: this CPU has AVX-512 (checked above); `fast` holds n codes.
-            unsafe { cpu_simd::hist_codes_f32(&x, lo, hi, scale, bins, cpu_simd::F32Bins::new(lo, scale, bins), &mut fast) };
+            let f32_bins = cpu_simd::F32Bins::new(lo, scale, bins);
+            let what = format!("n={n} lo={lo} hi={hi} bins={bins} f32 step: {f32_bins:?}");
+            let mask: Option<Vec<u8>> = rng.next_u64().is_multiple_of(2).then(|| (0..n).map(|_| (rng.uniform() < 0.7) as u8).collect());
+            // The portable codes (bins + 3 where the mask drops the row), counted.
+            let mut slow = vec![u32::MAX; n];
             hist_codes(&x, lo, hi, scale, bins, &mut slow);
-            assert_eq!(fast, slow, "n={n} lo={lo} hi={hi} bins={bins} f32 step: {:?}", cpu_simd::F32Bins::new(lo, scale, bins));
+            if let Some(m) = &mask {
+                slow.iter_mut().zip(m).filter(|(_, on)| **on == 0).for_each(|(c, _)| *c = bins + 3);
+            }
+            let stride = bins as usize + 4;
+            let mut want = vec![0u32; stride];
+            slow.iter().for_each(|&c| want[c as usize] += 1);
+            for copies in [1, HIST_COPIES] {
+                let mut fast = vec![0u32; copies * stride];
+                // SAFETY: this CPU has AVX-512 (checked above); `copies` copies of
+                // bins + 4 counters; the mask covers x.
+                unsafe {
+                    if copies == 1 {
+                        cpu_simd::hist_count_f32::<1>(&x, mask.as_deref(), lo, hi, scale, bins, f32_bins, &mut fast, stride)
+                    } else {
+                        cpu_simd::hist_count_f32::<HIST_COPIES>(&x, mask.as_deref(), lo, hi, scale, bins, f32_bins, &mut fast, stride)
+                    }
+                };
+                let got: Vec<u32> = (0..stride).map(|b| (0..copies).map(|k| fast[k * stride + b]).sum()).collect();
+                assert_eq!(got, want, "{what}, {copies} copies");
+            }
+            // Each of the first values alone, 16 times (a whole step): its own code, so that
+            // two wrong codes cannot cancel out in the counts.
+            let mut fast = vec![0u32; stride];
+            for (i, &v) in x.iter().enumerate().take(48) {
+                let mut code = [0u32];
+                hist_codes(&[v], lo, hi, scale, bins, &mut code);
+                // SAFETY: as above (one copy; no mask).
+                unsafe { cpu_simd::hist_count_f32::<1>(&[v; 16], None, lo, hi, scale, bins, f32_bins, &mut fast, stride) };
+                assert_eq!(fast[code[0] as usize], 16, "{what}: value {i} ({v:e}) not in its bin {}", code[0]);
+                fast[code[0] as usize] = 0;
+            }
         }
     }
     // The f32 step runs for ordinary ranges, not for ones whose f32 form is too coarse.

@@ -182,9 +182,11 @@ fn emulate(dir: &Path, prog: &FusedProgram, ds: &Dataset, keys: Option<(i64, i64
 }
 
 fn cpu(prog: &FusedProgram, ds: &Dataset) -> (TileResult, Vec<Vec<u8>>) {
-    let cpu = Cpu::new(Some(1)).expect("cpu");
+    let mut cpu = Cpu::new(Some(1)).expect("cpu");
+    // The GPU's partials, to compare them one by one.
+    cpu.gpu_units = true;
     let rows = ds.rows();
-    let prep = cpu.prepare(prog, ds, rows.div_ceil(exec::unit_rows(prog)) * exec::unit_rows(prog)).expect("prepare");
+    let prep = cpu.prepare(prog, ds, rows.div_ceil(cpu.unit_rows(prog)) * cpu.unit_rows(prog)).expect("prepare");
     let mut out = TileOut { columns: prog.outputs.iter().map(|o| vec![0u8; rows as usize * o.dtype.size()]).collect() };
     let res = cpu.run_tile(&prep, ds, 0..rows, Some(&mut out)).expect("cpu tile");
     (res, out.columns)

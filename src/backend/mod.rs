@@ -299,9 +299,14 @@ pub(crate) trait Backend: Sync {
     type Prepared: Sync;
     /// A tile in flight.
     type Ticket;
+    /// Rows per partial of a program (a whole number of blocks): the unit of parallel work
+    /// and of results.
+    fn unit_rows(&self, prog: &FusedProgram) -> u64 {
+        crate::exec::unit_rows(prog)
+    }
     /// Rows per tile under a memory budget (a whole number of the program's units).
     fn tile_rows(&self, prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
-        crate::exec::tile_rows(prog, ds, budget)
+        crate::exec::tile_rows(prog, ds, budget, self.unit_rows(prog))
     }
     /// Tiles that may be in flight at once.
     fn depth(&self) -> usize {

@@ -275,7 +275,7 @@ impl Backend for Wgpu {
         // Leave room for histogram thresholds and counts (at most a few MiB).
         let room = binding.saturating_sub(4 << 20);
         // DEPTH tiles are staged at once: each gets its share of the budget.
-        let mut rows = exec::tile_rows(prog, ds, budget / DEPTH as u64).min(MAX_BLOCKS * BLOCK_ROWS);
+        let mut rows = exec::tile_rows(prog, ds, budget / DEPTH as u64, exec::unit_rows(prog)).min(MAX_BLOCKS * BLOCK_ROWS);
         for per_row in [in_bytes, out_bytes] {
             if let Some(fit) = room.checked_div(per_row) {
                 rows = rows.min(fit);
