@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::accum::{Accumulator, HistAcc, StatsAcc};
 use crate::backend::{Backend, TileOut};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::program::FusedProgram;
 use crate::sink::table::TableWriter;
@@ -25,12 +26,13 @@ pub const MAX_GROUPS: usize = 65_536;
 pub const GROUP_BLOCK_ROWS: u64 = 8 * BLOCK_ROWS;
 
 /// Rows per partial on the CPU of a group-by that computes nothing per row (no filter, no
-/// expression): four GPU units. Every partial carries each group's statistics, and merging
-/// them (serial, in row order) and setting a unit up cost the same whatever its rows: with
-/// 262,144 rows a 64-key group-by of 8 columns ran 12 % faster than with 65,536 on two
-/// cores, while a unit's slot codes (1 MiB) still fit in L2 (with 1,048,576 rows it was
-/// slower again). A group-by with expressions keeps `GROUP_BLOCK_ROWS`, since each thread
-/// holds a unit of every expression's values. A GPU keeps the smaller unit too: a unit is
+/// expression) and reads its columns in place: four GPU units. Every partial carries each
+/// group's statistics, and merging them (serial, in row order) and setting a unit up cost
+/// the same whatever its rows: with 262,144 rows a 64-key group-by of 8 columns ran 12 %
+/// faster than with 65,536 on two cores, while a unit's slot codes (1 MiB) still fit in L2
+/// (with 1,048,576 rows it was slower again). Other group-bys keep `GROUP_BLOCK_ROWS`:
+/// each thread holds a unit of every expression's values, and of every column it converts
+/// (f16, bf16) or gathers (strided, unaligned). A GPU keeps the smaller unit too: a unit is
 /// one thread block there, and fewer would leave a large GPU idle.
 pub const CPU_GROUP_BLOCK_ROWS: u64 = 4 * GROUP_BLOCK_ROWS;
 
@@ -39,9 +41,19 @@ pub(crate) fn unit_rows(prog: &FusedProgram) -> u64 {
     if prog.key.is_some() { GROUP_BLOCK_ROWS } else { BLOCK_ROWS }
 }
 
-/// Rows per partial of a program on the CPU.
-pub(crate) fn cpu_unit_rows(prog: &FusedProgram) -> u64 {
-    if prog.key.is_some() && prog.instrs.is_empty() { CPU_GROUP_BLOCK_ROWS } else { unit_rows(prog) }
+/// Rows per partial of a program on the CPU (see `CPU_GROUP_BLOCK_ROWS`).
+pub(crate) fn cpu_unit_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
+    let in_place = |&c: &usize| {
+        let col = &ds.columns()[c];
+        // As `make_view` in the CPU backend: the mapping starts on a page boundary.
+        !matches!(col.dtype, DType::F16 | DType::BF16) && col.is_contiguous() && col.offset.is_multiple_of(col.dtype.size() as u64)
+    };
+    if prog.key.is_some() && prog.instrs.is_empty() && prog.inputs.iter().all(in_place) { CPU_GROUP_BLOCK_ROWS } else { unit_rows(prog) }
+}
+
+/// The error of a group-by with more than `MAX_GROUPS` keys.
+pub(crate) fn too_many_groups() -> Error {
+    Error::plan(format!("the group-by key has more than {MAX_GROUPS} distinct values"))
 }
 
 /// A callback told how many rows of a pass are done: `(done, total)`.
@@ -94,12 +106,12 @@ pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64, unit: u6
     let mut units = budget / per_row / unit;
     if let Some(k) = prog.key {
         // A tile's group partials are held until the tile is merged: at worst every row of a
-        // unit is its own group (8/16-bit keys have at most 256/65536 values), so keep a
-        // tile's worth of partials within half the budget.
+        // unit is its own group (8/16-bit keys have at most 256/65536 values, and a unit
+        // with more than MAX_GROUPS keys is an error), so keep a tile's worth of partials
+        // within half the budget.
         let keys = match ds.columns()[prog.inputs[k]].dtype.size() {
             1 => 256,
-            2 => 65_536,
-            _ => u64::MAX,
+            _ => MAX_GROUPS as u64,
         };
         let worst = unit.min(keys) * (prog.stats.len() as u64).max(1) * std::mem::size_of::<crate::accum::BlockStats>() as u64;
         units = units.min(budget / 2 / worst);
@@ -162,7 +174,7 @@ fn run_tiles<B: Backend>(
     // Each thread holds one block of every register: a huge expression must not outgrow the
     // budget unnoticed.
     let threads = opts.threads.unwrap_or_else(rayon::current_num_threads).max(1) as u64;
-    let unit = backend.unit_rows(prog);
+    let unit = backend.unit_rows(prog, ds);
     let reg_bytes = prog.instrs.len() as u64 * unit * 8 * threads;
     if reg_bytes > opts.memory_budget.max(64 << 20) {
         return Err(Error::plan(format!(
@@ -236,7 +248,7 @@ fn run_tiles<B: Backend>(
                 }
             }
             if out.groups.len() > MAX_GROUPS {
-                return Err(Error::plan(format!("the group-by key has more than {MAX_GROUPS} distinct values")));
+                return Err(too_many_groups());
             }
             for (tot, c) in out.out_counts.iter_mut().zip(&part.out_counts) {
                 tot.0 += c.0;

@@ -419,7 +419,8 @@ impl AggregateQuery {
 }
 
 fn explain_program(prog: &FusedProgram, ds: &Dataset) -> String {
-    let tile = exec::tile_rows(prog, ds, RunOptions::default().memory_budget, exec::cpu_unit_rows(prog));
+    let unit = exec::cpu_unit_rows(prog, ds);
+    let tile = exec::tile_rows(prog, ds, RunOptions::default().memory_budget, unit);
     format!(
         "fused program (one kernel per tile; {} of {} columns read, {} rows per tile on the CPU at the default budget, {}-row blocks; group-by: {}):\n{}",
         prog.inputs.len(),
@@ -427,13 +428,16 @@ fn explain_program(prog: &FusedProgram, ds: &Dataset) -> String {
         tile,
         exec::BLOCK_ROWS,
         if prog.key.is_some() {
-            "on the CPU, per unit (262144 rows; 65536 with a filter or expression) dense key slots (direct table for 8/16-bit keys, hash map otherwise), f32 columns added row by \
-             row to their group's accumulators eight columns at a time (up to 4096 keys per unit with AVX2 or AVX-512; else \
-             gathered into key order); on wgpu, one workgroup \
-             per 65536-row unit and per sweep of 256 key values, one thread per key walking its rows in order (keys wider than \
-             8 bits: their range is read first, and at most 65536 key values fit); partials merged in unit order"
+            format!(
+                "on the CPU, per {unit}-row unit dense key slots (direct table for 8/16-bit keys, hash map otherwise), f32 columns \
+                 added row by row to their group's accumulators eight columns at a time (up to 4096 keys per unit with AVX2 or \
+                 AVX-512; else gathered into key order); on wgpu, one workgroup per {}-row unit and per sweep of 256 key values, \
+                 one thread per key walking its rows in order (keys wider than 8 bits: their range is read first, and at most \
+                 65536 key values fit); partials merged in unit order",
+                exec::GROUP_BLOCK_ROWS
+            )
         } else {
-            "none"
+            "none".to_string()
         },
         prog.describe(ds)
     )

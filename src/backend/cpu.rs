@@ -28,7 +28,7 @@ pub(crate) fn simd_level() -> &'static str {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Level {
     Avx512,
     Avx2,
@@ -66,7 +66,7 @@ pub(crate) struct Cpu {
     level: Level,
     /// Partials of a GPU's rows (`exec::unit_rows`) instead of the CPU's: the CUDA
     /// emulation tests compare partials one by one.
-    pub(super) gpu_units: bool,
+    gpu_units: bool,
 }
 
 impl Cpu {
@@ -82,6 +82,12 @@ impl Cpu {
             ),
         };
         Ok(Cpu { pool, level: level(), gpu_units: false })
+    }
+
+    /// The same backend with a GPU's partials (for the CUDA emulation tests).
+    #[cfg(all(test, feature = "cuda"))]
+    pub(super) fn with_gpu_units(self) -> Cpu {
+        Cpu { gpu_units: true, ..self }
     }
 }
 
@@ -225,8 +231,8 @@ impl Backend for Cpu {
     type Prepared = Prepared;
     type Ticket = TileResult;
 
-    fn unit_rows(&self, prog: &FusedProgram) -> u64 {
-        if self.gpu_units { crate::exec::unit_rows(prog) } else { cpu_unit_rows(prog) }
+    fn unit_rows(&self, prog: &FusedProgram, ds: &Dataset) -> u64 {
+        if self.gpu_units { crate::exec::unit_rows(prog) } else { cpu_unit_rows(prog, ds) }
     }
 
     fn submit(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult> {
@@ -240,7 +246,7 @@ impl Backend for Cpu {
     fn prepare(&self, prog: &FusedProgram, ds: &Dataset, _tile_rows: u64) -> Result<Prepared> {
         let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
         let steps = plan_steps(prog, &dtypes);
-        Ok(Prepared { prog: prog.clone(), dtypes, steps, unit: self.unit_rows(prog), scratch: std::sync::Mutex::new(Vec::new()) })
+        Ok(Prepared { prog: prog.clone(), dtypes, steps, unit: self.unit_rows(prog, ds), scratch: std::sync::Mutex::new(Vec::new()) })
     }
 }
 
@@ -607,11 +613,13 @@ fn run_block_impl(
 
     if let Some(key_slot) = prog.key {
         let bufs = GroupBufs { lanes, infs, keys, slots, table: key_table, map: key_map, order, gbuf };
-        part.groups = group_block(views[key_slot], mask, prog.stats.iter().map(source_view), bufs, level);
+        part.groups = group_block(views[key_slot], mask, prog.stats.iter().map(source_view), bufs, level)?;
     } else {
         part.stats.reserve(prog.stats.len());
         for src in &prog.stats {
             let st = match source_view(src) {
+                // What every kernel returns for a block the filter drops whole.
+                _ if selected == 0 => BlockStats::default(),
                 View::F32(x) if prog.finite_range => stats_f32_any::<true>(x, mask, selected, level),
                 View::F32(x) => stats_f32_any::<false>(x, mask, selected, level),
                 other => on_view!(other, x => stats_any(x, mask)),
@@ -807,11 +815,23 @@ fn stats_any<T: Elem>(x: &[T], mask: Option<&[u8]>) -> BlockStats {
 
 /// The block's first selected finite value: the shift of its sums. A value the filter
 /// drops (a sentinel like 3e38, say) must never be the shift of the values it keeps.
+///
+/// Runs of 64 values without one are skipped by a branch-free test that vectorizes: a
+/// value-by-value search through a block that a filter keeps little of (or a column that is
+/// mostly NaN) took longer than the statistics themselves (a filter that kept no row made
+/// a stats pass twice as slow as no filter).
 #[inline(always)]
 fn first_finite<T: Copy>(x: &[T], mask: Option<&[u8]>, finite: impl Fn(T) -> bool) -> Option<T> {
+    const RUN: usize = 64;
     match mask {
-        None => x.iter().copied().find(|&v| finite(v)),
-        Some(m) => x.iter().zip(m).find(|&(&v, &on)| on != 0 && finite(v)).map(|(&v, _)| v),
+        None => {
+            x.chunks(RUN).find(|c| c.iter().fold(false, |any, &v| any | finite(v))).and_then(|c| c.iter().copied().find(|&v| finite(v)))
+        }
+        Some(m) => x
+            .chunks(RUN)
+            .zip(m.chunks(RUN))
+            .find(|(c, mc)| c.iter().zip(*mc).fold(false, |any, (&v, &on)| any | (on != 0 && finite(v))))
+            .and_then(|(c, mc)| c.iter().zip(mc).find(|&(&v, &on)| on != 0 && finite(v)).map(|(&v, _)| v)),
     }
 }
 
@@ -1175,7 +1195,7 @@ fn group_block<'a>(
     sources: impl Iterator<Item = View<'a>>,
     bufs: GroupBufs,
     level: Level,
-) -> Vec<(i128, u64, Vec<BlockStats>)> {
+) -> Result<Vec<(i128, u64, Vec<BlockStats>)>> {
     let GroupBufs { lanes, infs, keys, slots, table, map, order, gbuf } = bufs;
     let n = on_view!(key, x => x.len());
     keys.clear();
@@ -1211,6 +1231,12 @@ fn group_block<'a>(
                         keys.push(kv);
                         keys.len() as u32 - 1
                     });
+                    // A unit's partial holds at most MAX_GROUPS groups (the tile size
+                    // counts on it): more is the query's error anyway.
+                    if keys.len() > crate::exec::MAX_GROUPS {
+                        map.clear();
+                        return Err(crate::exec::too_many_groups());
+                    }
                 }
             });
             map.clear();
@@ -1263,7 +1289,7 @@ fn group_block<'a>(
         per_source.push(acc);
     }
     let key_of = |j: usize| direct.map_or_else(|| keys[j], |(offset, _)| j as i128 - offset as i128);
-    (0..g).filter(|&j| rows[j] > 0).map(|j| (key_of(j), rows[j], per_source.iter().map(|acc| acc[j]).collect())).collect()
+    Ok((0..g).filter(|&j| rows[j] > 0).map(|j| (key_of(j), rows[j], per_source.iter().map(|acc| acc[j]).collect())).collect())
 }
 
 /// Slots of 8-bit keys: the key + `offset` (in 0..256), `u32::MAX` for an unselected row.

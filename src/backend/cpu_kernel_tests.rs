@@ -261,7 +261,8 @@ fn avx512_histogram_counts_equal_the_portable_ones() {
         return;
     }
     let mut rng = Rng::new(test_seed());
-    for &n in SIZES {
+    // Also sizes about the kernel's counting lag (256 values) and its ring (512).
+    for &n in SIZES.iter().chain(&[256, 257, 271, 272, 273, 511, 512, 513, 529]) {
         for _ in 0..6 {
             let mut x: Vec<f32> = (0..n).map(|_| value(&mut rng, 0.05)).collect();
             let (a, b) = (rng.normal() * 1e4, rng.normal() * 1e4);
@@ -362,4 +363,54 @@ fn histogram_counts_flush_before_a_u32_could_overflow() {
     let totals = h.take();
     assert_eq!(totals, vec![0, near as u64 + 10, 0, 0, 0, 0, 0, 0]);
     assert_eq!((h.take(), h.pending), (vec![0; 8], 0), "take starts again from zero");
+}
+
+/// A block whose rows the filter all drops: every statistics kernel, at every level this
+/// CPU runs, gives `BlockStats::default()`, which `run_block` returns for such a block
+/// without running them.
+#[test]
+fn a_block_the_filter_drops_whole_gives_the_default_partial() {
+    let mut rng = Rng::new(test_seed());
+    let levels: Vec<Level> = [Level::Avx512, Level::Avx2, Level::Base]
+        .into_iter()
+        .filter(|&l| match l {
+            Level::Avx512 => level() == Level::Avx512,
+            Level::Avx2 => level() != Level::Base,
+            Level::Base => true,
+        })
+        .collect();
+    for &n in SIZES {
+        let x: Vec<f32> = (0..n).map(|_| value(&mut rng, 0.1)).collect();
+        let none = vec![0u8; n];
+        for &l in &levels {
+            assert_eq!(stats_f32_any::<true>(&x, Some(&none), 0, l), BlockStats::default(), "n={n} {l:?} finite");
+            assert_eq!(stats_f32_any::<false>(&x, Some(&none), 0, l), BlockStats::default(), "n={n} {l:?}");
+        }
+        let xd: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let xi: Vec<i32> = (0..n).map(|_| rng.next_u64() as i32).collect();
+        let xu: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+        assert_eq!(stats_any(&xd, Some(&none)), BlockStats::default(), "n={n} f64");
+        assert_eq!(stats_any(&xi, Some(&none)), BlockStats::default(), "n={n} i32");
+        assert_eq!(stats_any(&xu, Some(&none)), BlockStats::default(), "n={n} u8");
+    }
+}
+
+/// The pivot search (runs of 64 skipped by a vectorized test) finds the same value as a
+/// plain search, for masks from empty to full and columns from clean to all NaN/±inf.
+#[test]
+fn the_pivot_search_finds_the_first_selected_finite_value() {
+    let mut rng = Rng::new(test_seed());
+    for &n in SIZES.iter().chain(&[64, 65, 127, 128, 129, 5000]) {
+        for keep in [0.0, 0.0005, 0.01, 0.5, 1.0] {
+            for nan_rate in [0.0, 0.5, 0.999, 1.0] {
+                let x: Vec<f32> = (0..n).map(|_| value(&mut rng, nan_rate)).collect();
+                let mask: Vec<u8> = (0..n).map(|_| (rng.uniform() < keep) as u8).collect();
+                let plain = x.iter().zip(&mask).find(|&(v, &on)| on != 0 && v.is_finite()).map(|(v, _)| v.to_bits());
+                let got = first_finite(&x, Some(&mask), |v| v.is_finite()).map(f32::to_bits);
+                assert_eq!(got, plain, "n={n} keep={keep} nan_rate={nan_rate} masked");
+                let plain = x.iter().find(|v| v.is_finite()).map(|v| v.to_bits());
+                assert_eq!(first_finite(&x, None, |v| v.is_finite()).map(f32::to_bits), plain, "n={n} nan_rate={nan_rate}");
+            }
+        }
+    }
 }

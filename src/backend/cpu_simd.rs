@@ -542,11 +542,12 @@ impl From<LaneStats8> for LaneStats {
     }
 }
 
-/// Counts the histogram bin codes of f32 values, 16 at a time, into `counts`:
-/// `COPIES` interleaved copies of `stride` counters, value i counted in copy `i % COPIES`. The codes are the portable formula's of `hist_any` in `cpu.rs` (f64
-/// `floor((x - lo) * scale)` clamped to `[0, bins - 1]`; `bins` below `lo`, `bins + 1` above
-/// `hi`, `bins + 2` NaN, `bins + 3` a row the mask drops), with the floor and the
-/// conversion done by one rounding conversion.
+/// Counts the histogram bin codes of f32 values, 16 at a time, into `counts`: `COPIES`
+/// interleaved copies of `stride` counters, value i counted in copy `i % COPIES`. The codes
+/// are those of the portable `hist_codes` in `cpu.rs` (f64 `floor((x - lo) * scale)`
+/// clamped to `[0, bins - 1]`; `bins` below `lo`, `bins + 1` above `hi`, `bins + 2` NaN),
+/// or `bins + 3` for a row the mask drops, with the floor and the conversion done by one
+/// rounding conversion.
 ///
 /// With `f32_bins` (`F32Bins::new` of the same range), a step first computes
 /// `t = (x - lo) * scale` in f32:
@@ -578,6 +579,9 @@ pub(crate) unsafe fn hist_count_f32<const COPIES: usize>(
 ) {
     const RING: usize = 512;
     const HIST_LAG: usize = 256;
+    // Steps of 16 never wrap around the ring, and a step (even the tail's) never overwrites
+    // a code not yet counted.
+    const _: () = assert!(RING.is_multiple_of(16) && HIST_LAG.is_multiple_of(16) && RING >= HIST_LAG + 16);
     assert!(
         bins >= 1
             && bins < i32::MAX as u32 - 4
@@ -611,6 +615,7 @@ pub(crate) unsafe fn hist_count_f32<const COPIES: usize>(
             let (from, len): (usize, usize) = ($from, $len);
             let codes = &ring[from % RING..][..len];
             for (k, &c) in codes.iter().enumerate() {
+                debug_assert!(c <= bins + 3);
                 // SAFETY: a code is at most bins + 3 < stride, and k % COPIES < COPIES, so
                 // the counter lies inside `counts` (asserted above).
                 unsafe { *base.add((k % COPIES) * stride + c as usize) += 1 };

@@ -402,8 +402,8 @@ impl Backend for Cuda {
     fn tile_rows(&self, prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
         // DEPTH tiles are staged at once in pinned memory: each gets its share of the budget.
         let share = budget / DEPTH as u64;
-        let mut rows = exec::tile_rows(prog, ds, share, exec::unit_rows(prog));
         let unit = exec::unit_rows(prog);
+        let mut rows = exec::tile_rows(prog, ds, share, unit);
         if let Some(k) = prog.key {
             // A group-by's partials: per unit, up to 256 sweeps of 256 key records.
             let sweeps = if ds.columns()[prog.inputs[k]].dtype.size() == 1 { 1 } else { 256 };

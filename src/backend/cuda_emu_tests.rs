@@ -119,7 +119,8 @@ fn dataset(dir: &Path, rows: usize, seed: u64) -> Dataset {
 }
 
 /// Runs `prog` over all of `ds` as one tile under the emulation; returns the partials and
-/// the output columns (block b's rows packed from row b * BLOCK_ROWS on).
+/// the output columns (block b's rows packed from row b * BLOCK_ROWS on: programs with
+/// outputs have no key, so their unit is a block).
 fn emulate(dir: &Path, prog: &FusedProgram, ds: &Dataset, keys: Option<(i64, i64)>) -> (TileResult, Vec<Vec<u8>>) {
     let rows = ds.rows();
     let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
@@ -182,11 +183,11 @@ fn emulate(dir: &Path, prog: &FusedProgram, ds: &Dataset, keys: Option<(i64, i64
 }
 
 fn cpu(prog: &FusedProgram, ds: &Dataset) -> (TileResult, Vec<Vec<u8>>) {
-    let mut cpu = Cpu::new(Some(1)).expect("cpu");
     // The GPU's partials, to compare them one by one.
-    cpu.gpu_units = true;
+    let cpu = Cpu::new(Some(1)).expect("cpu").with_gpu_units();
     let rows = ds.rows();
-    let prep = cpu.prepare(prog, ds, rows.div_ceil(cpu.unit_rows(prog)) * cpu.unit_rows(prog)).expect("prepare");
+    let unit = cpu.unit_rows(prog, ds);
+    let prep = cpu.prepare(prog, ds, rows.div_ceil(unit) * unit).expect("prepare");
     let mut out = TileOut { columns: prog.outputs.iter().map(|o| vec![0u8; rows as usize * o.dtype.size()]).collect() };
     let res = cpu.run_tile(&prep, ds, 0..rows, Some(&mut out)).expect("cpu tile");
     (res, out.columns)

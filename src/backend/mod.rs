@@ -282,8 +282,9 @@ pub(crate) struct BlockPartial {
     pub out_counts: Vec<(u64, u64)>,
 }
 
-/// Output buffers of one tile: per output column, room for every row of the tile; block b
-/// writes its selected rows, packed, from row `b * BLOCK_ROWS` on.
+/// Output buffers of one tile: per output column, room for every row of the tile; the
+/// tile's unit b (`Backend::unit_rows`) writes its selected rows, packed, from row
+/// `b * unit` on.
 #[derive(Debug, Default)]
 pub(crate) struct TileOut {
     /// One byte buffer per output column.
@@ -299,14 +300,14 @@ pub(crate) trait Backend: Sync {
     type Prepared: Sync;
     /// A tile in flight.
     type Ticket;
-    /// Rows per partial of a program (a whole number of blocks): the unit of parallel work
-    /// and of results.
-    fn unit_rows(&self, prog: &FusedProgram) -> u64 {
+    /// Rows per partial of a program over a dataset (a whole number of blocks): the unit
+    /// of parallel work and of results.
+    fn unit_rows(&self, prog: &FusedProgram, _ds: &Dataset) -> u64 {
         crate::exec::unit_rows(prog)
     }
     /// Rows per tile under a memory budget (a whole number of the program's units).
     fn tile_rows(&self, prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
-        crate::exec::tile_rows(prog, ds, budget, self.unit_rows(prog))
+        crate::exec::tile_rows(prog, ds, budget, self.unit_rows(prog, ds))
     }
     /// Tiles that may be in flight at once.
     fn depth(&self) -> usize {

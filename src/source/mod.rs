@@ -211,26 +211,23 @@ impl Dataset {
     /// Releases the mapped pages of rows `[r0, r1)` (they stay in the page cache), so
     /// that resident memory does not grow with the file.
     ///
-    /// Only whole 2 MiB regions are released, from the one holding row r0 to the one holding
-    /// row r1 (exclusive) — all the way to row r1 when it is the last row: the next tile's
-    /// call releases the rest. Releasing part of a region that a huge page maps splits the
-    /// mapping into 512 small ones, which the next tile's read-ahead and release then walk
-    /// one by one (a tenth of a pass over cached data on two cores, with every tile
-    /// boundary inside a huge page). The bytes before a column (another column's last
-    /// rows) may be released early; reading them faults them back in.
+    /// Only whole 2 MiB regions are released: from the region where the previous tile's
+    /// release stopped (the one holding the end of row r0 - 1; for r0 = 0, the one holding
+    /// row 0) to the region holding the end of row r1 - 1, exclusive, or to that end itself
+    /// when r1 is the last row. Consecutive tiles thus release adjacent ranges, whatever the
+    /// column's stride. Releasing part of a region that a huge page maps splits the mapping
+    /// into 512 small ones, which the next tile's read-ahead and release then walk one by
+    /// one (page-table work in every tile at each column's two ends). Bytes around a column
+    /// (another column's rows) may be released early; reading them faults them back in.
     pub(crate) fn done_with(&self, columns: &[usize], r0: u64, r1: u64) {
-        const HUGE: usize = 2 << 20;
-        let last = r1 >= self.rows;
         for &c in columns {
-            self.advise(c, r0, r1, |m, off, len| {
-                let start = off / HUGE * HUGE;
-                let end = if last { off + len } else { (off + len) / HUGE * HUGE };
-                if end > start {
-                    // SAFETY: the mapping is read-only and shared; DONTNEED only drops our
-                    // page table entries, and later reads fault the same file pages back in.
-                    let _ = unsafe { m.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
-                }
-            });
+            let col = &self.columns[c];
+            let Some(map) = self.files[col.file].map.as_ref() else { continue };
+            if let Some((start, end)) = release_range(col, r0, r1, self.rows, map.len()) {
+                // SAFETY: the mapping is read-only and shared; DONTNEED only drops our page
+                // table entries, and later reads fault the same file pages back in.
+                let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
+            }
         }
     }
 
@@ -278,6 +275,22 @@ impl Dataset {
     }
 }
 
+/// The bytes `[start, end)` of a mapping of `map_len` bytes that `Dataset::done_with`
+/// releases for rows `[r0, r1)` of a column of a `rows`-row dataset, if any.
+fn release_range(col: &Column, r0: u64, r1: u64, rows: u64, map_len: usize) -> Option<(usize, usize)> {
+    const HUGE: u64 = 2 << 20;
+    const PAGE: u64 = 4096;
+    if r1 <= r0 {
+        return None;
+    }
+    // Byte just past row r's value.
+    let end_of = |r: u64| col.offset + r * col.stride + col.dtype.size() as u64;
+    let start = if r0 == 0 { col.offset } else { end_of(r0 - 1) } / HUGE * HUGE;
+    let end = if r1 >= rows { end_of(r1 - 1).div_ceil(PAGE) * PAGE } else { end_of(r1 - 1) / HUGE * HUGE };
+    let end = (end as usize).min(map_len);
+    (end > start as usize).then_some((start as usize, end))
+}
+
 fn map_file(path: &Path, kind: FileKind) -> Result<MappedFile> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
@@ -320,4 +333,44 @@ fn map_file(path: &Path, kind: FileKind) -> Result<MappedFile> {
     };
     let watch = map.as_ref().map(|m| sigbus::Watch::new(m.as_ptr(), m.len()));
     Ok(MappedFile { path: path.to_path_buf(), map, len, modified: meta.modified().ok(), parsed, watch })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{Rng, test_seed};
+
+    /// Consecutive tiles release adjacent whole 2 MiB regions, and together everything from
+    /// the region holding row 0 to the page after the last row, for any stride (a strided
+    /// column's rows may straddle a region boundary between two tiles) and tile split.
+    #[test]
+    fn page_releases_cover_the_column_in_whole_huge_pages() {
+        const HUGE: usize = 2 << 20;
+        let mut rng = Rng::new(test_seed());
+        for _ in 0..2000 {
+            let dtype = [DType::U8, DType::F16, DType::F32, DType::F64][(rng.next_u64() % 4) as usize];
+            let size = dtype.size() as u64;
+            let stride = size * [1, 1, 3, 1024, 1025, 4096, 600_000][(rng.next_u64() % 7) as usize];
+            let rows = 1 + rng.next_u64() % 40_000;
+            let offset = rng.next_u64() % (8 << 20);
+            let col = Column { name: "c".into(), dtype, file: 0, offset, stride };
+            let data_end = (offset + (rows - 1) * stride + size) as usize;
+            // The file may extend past the column (other columns after it).
+            let map_len = data_end + (rng.next_u64() % (4 << 20)) as usize;
+            let mut r0 = 0;
+            let mut released = offset as usize / HUGE * HUGE;
+            while r0 < rows {
+                let r1 = (r0 + 1 + rng.next_u64() % 9000).min(rows);
+                if let Some((start, end)) = release_range(&col, r0, r1, rows, map_len) {
+                    let what = format!("{dtype} stride {stride} offset {offset} rows {rows}: tile {r0}..{r1}");
+                    assert_eq!(start, released, "{what}: starts where the last release stopped");
+                    assert!(start.is_multiple_of(HUGE) && end <= map_len, "{what}: [{start}, {end})");
+                    assert!(end.is_multiple_of(HUGE) || r1 == rows, "{what}: only the last tile ends inside a huge page");
+                    released = end;
+                }
+                r0 = r1;
+            }
+            assert_eq!(released, (data_end.div_ceil(4096) * 4096).min(map_len), "stride {stride} rows {rows}: released to the end");
+        }
+    }
 }
