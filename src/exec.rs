@@ -113,7 +113,9 @@ pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64, unit: u6
             1 => 256,
             _ => MAX_GROUPS as u64,
         };
-        let worst = unit.min(keys) * (prog.stats.len() as u64).max(1) * std::mem::size_of::<crate::accum::BlockStats>() as u64;
+        let per_group = prog.stats.len().max(1) * std::mem::size_of::<crate::accum::BlockStats>()
+            + std::mem::size_of::<(i128, u64, Vec<crate::accum::BlockStats>)>();
+        let worst = unit.min(keys) * per_group as u64;
         units = units.min(budget / 2 / worst);
     }
     units.clamp(1, (1 << 20) / (unit / BLOCK_ROWS)) * unit

@@ -433,8 +433,9 @@ fn explain_program(prog: &FusedProgram, ds: &Dataset) -> String {
                  added row by row to their group's accumulators eight columns at a time (up to 4096 keys per unit with AVX2 or \
                  AVX-512; else gathered into key order); on wgpu, one workgroup per {}-row unit and per sweep of 256 key values, \
                  one thread per key walking its rows in order (keys wider than 8 bits: their range is read first, and at most \
-                 65536 key values fit); partials merged in unit order",
-                exec::GROUP_BLOCK_ROWS
+                 {} key values fit); partials merged in unit order",
+                exec::GROUP_BLOCK_ROWS,
+                exec::MAX_GROUPS
             )
         } else {
             "none".to_string()

@@ -285,7 +285,8 @@ fn release_range(col: &Column, r0: u64, r1: u64, rows: u64, map_len: usize) -> O
     }
     // Byte just past row r's value.
     let end_of = |r: u64| col.offset + r * col.stride + col.dtype.size() as u64;
-    let start = if r0 == 0 { col.offset } else { end_of(r0 - 1) } / HUGE * HUGE;
+    let from = if r0 == 0 { col.offset } else { end_of(r0 - 1) };
+    let start = from / HUGE * HUGE;
     let end = if r1 >= rows { end_of(r1 - 1).div_ceil(PAGE) * PAGE } else { end_of(r1 - 1) / HUGE * HUGE };
     let end = (end as usize).min(map_len);
     (end > start as usize).then_some((start as usize, end))
