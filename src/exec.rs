@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::accum::{Accumulator, HistAcc, StatsAcc};
 use crate::backend::{Backend, TileOut};
-use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::program::FusedProgram;
 use crate::sink::table::TableWriter;
@@ -20,35 +19,16 @@ pub const BLOCK_ROWS: u64 = 8192;
 /// The most distinct keys a group-by may have.
 pub const MAX_GROUPS: usize = 65_536;
 
-/// Rows per partial of a group-by on a GPU: eight blocks, so that the fixed cost of each
-/// group's partial is spread over more rows. Also a fixed unit, so results stay independent
-/// of the tile size and thread count.
+/// Rows per partial of a group-by: eight blocks, so that the fixed cost of each group's
+/// partial is spread over more rows. Also a fixed unit, so results stay independent of the
+/// tile size and thread count. (The CPU takes larger units for some group-bys: see
+/// `backend::cpu::unit_rows`.)
 pub const GROUP_BLOCK_ROWS: u64 = 8 * BLOCK_ROWS;
 
-/// Rows per partial on the CPU of a group-by that computes nothing per row (no filter, no
-/// expression) and reads its columns in place: four GPU units. Every partial carries each
-/// group's statistics, and merging them (serial, in row order) and setting a unit up cost
-/// the same whatever its rows: with 262,144 rows a 64-key group-by of 8 columns ran 12 %
-/// faster than with 65,536 on two cores, while a unit's slot codes (1 MiB) still fit in L2
-/// (with 1,048,576 rows it was slower again). Other group-bys keep `GROUP_BLOCK_ROWS`:
-/// each thread holds a unit of every expression's values, and of every column it converts
-/// (f16, bf16) or gathers (strided, unaligned). A GPU keeps the smaller unit too: a unit is
-/// one thread block there, and fewer would leave a large GPU idle.
-pub const CPU_GROUP_BLOCK_ROWS: u64 = 4 * GROUP_BLOCK_ROWS;
-
-/// Rows per partial (the unit of parallel work) of a program on a GPU.
+/// Rows per partial (the unit of parallel work) of a program on a GPU (the default of
+/// `Backend::unit_rows`).
 pub(crate) fn unit_rows(prog: &FusedProgram) -> u64 {
     if prog.key.is_some() { GROUP_BLOCK_ROWS } else { BLOCK_ROWS }
-}
-
-/// Rows per partial of a program on the CPU (see `CPU_GROUP_BLOCK_ROWS`).
-pub(crate) fn cpu_unit_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
-    let in_place = |&c: &usize| {
-        let col = &ds.columns()[c];
-        // As `make_view` in the CPU backend: the mapping starts on a page boundary.
-        !matches!(col.dtype, DType::F16 | DType::BF16) && col.is_contiguous() && col.offset.is_multiple_of(col.dtype.size() as u64)
-    };
-    if prog.key.is_some() && prog.instrs.is_empty() && prog.inputs.iter().all(in_place) { CPU_GROUP_BLOCK_ROWS } else { unit_rows(prog) }
 }
 
 /// The error of a group-by with more than `MAX_GROUPS` keys.

@@ -419,7 +419,7 @@ impl AggregateQuery {
 }
 
 fn explain_program(prog: &FusedProgram, ds: &Dataset) -> String {
-    let unit = exec::cpu_unit_rows(prog, ds);
+    let unit = crate::backend::cpu::unit_rows(prog, ds);
     let tile = exec::tile_rows(prog, ds, RunOptions::default().memory_budget, unit);
     format!(
         "fused program (one kernel per tile; {} of {} columns read, {} rows per tile on the CPU at the default budget, {}-row blocks; group-by: {}):\n{}",

@@ -183,8 +183,9 @@ fn emulate(dir: &Path, prog: &FusedProgram, ds: &Dataset, keys: Option<(i64, i64
 }
 
 fn cpu(prog: &FusedProgram, ds: &Dataset) -> (TileResult, Vec<Vec<u8>>) {
-    // The GPU's partials, to compare them one by one.
-    let cpu = Cpu::new(Some(1)).expect("cpu").with_gpu_units();
+    // Partials compare one by one: these programs have expressions or fewer rows than a
+    // unit, so the CPU's units are the GPU's (`compare` checks their number).
+    let cpu = Cpu::new(Some(1)).expect("cpu");
     let rows = ds.rows();
     let unit = cpu.unit_rows(prog, ds);
     let prep = cpu.prepare(prog, ds, rows.div_ceil(unit) * unit).expect("prepare");
