@@ -1092,6 +1092,23 @@ fn devices_and_global_options() {
     assert!(d.stdout.contains("cuda"), "devices says where CUDA stands: {}", d.stdout);
 }
 
+/// On a headless machine (no display, no `XDG_RUNTIME_DIR`) looking for GPUs prints
+/// nothing on stderr: Mesa's Vulkan device-select layer, which would complain about the
+/// missing display, is off (CI installs Mesa's Vulkan drivers, and with them the layer).
+#[test]
+fn headless_device_probing_is_quiet() {
+    let out = std::process::Command::new(support::bin())
+        .arg("devices")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("DISPLAY")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .expect("run tilestream devices");
+    assert!(out.status.success(), "devices failed: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "devices wrote to stderr");
+}
+
 /// Numbers of two `stats --json` outputs agree: counts exactly, floats within 1e-6 relative.
 fn stats_json_close(a: &Value, b: &Value, what: &str) {
     match (a, b) {

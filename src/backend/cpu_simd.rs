@@ -40,6 +40,12 @@ macro_rules! transpose_in_lanes {
     }};
 }
 
+/// How far ahead (in f32 elements) the row-wise group kernels prefetch each of their (up to
+/// eight) columns: nearer than the one-column kernels' `PREFETCH_F32`, so that the eight
+/// columns' prefetched lines stay in the L1 cache (with 2048, a 64-key group-by of eight
+/// columns ran 8 % slower, AVX-512 and AVX2 alike, measured).
+const GROUP_PREFETCH_F32: usize = 512;
+
 /// Running statistics of one group over up to `GW` f32 columns, one lane per column.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
@@ -153,7 +159,7 @@ pub(crate) unsafe fn group_rows(cols: &[&[f32]], slots: &[u32], g: usize, lanes:
         // c[k]: rows i..i+16 of column k.
         let mut c = [zero; GW];
         for (k, col) in cols.iter().enumerate() {
-            super::cpu::prefetch(col, i + super::cpu::PREFETCH_F32);
+            super::cpu::prefetch(col, i + GROUP_PREFETCH_F32);
             // SAFETY: i + GR <= n <= col.len().
             c[k] = unsafe { _mm512_loadu_ps(col.as_ptr().add(i)) };
         }
@@ -380,7 +386,7 @@ pub(crate) unsafe fn group_rows_avx2(cols: &[&[f32]], slots: &[u32], g: usize, l
         // c[k]: rows i..i+8 of column k.
         let mut c = [zero; GW];
         for (k, col) in cols.iter().enumerate() {
-            super::cpu::prefetch(col, i + super::cpu::PREFETCH_F32);
+            super::cpu::prefetch(col, i + GROUP_PREFETCH_F32);
             // SAFETY: i + R <= n <= col.len().
             c[k] = unsafe { _mm256_loadu_ps(col.as_ptr().add(i)) };
         }

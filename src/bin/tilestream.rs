@@ -239,6 +239,16 @@ fn split_range(s: &str) -> Option<(f64, f64)> {
 }
 
 fn main() {
+    // Mesa's Vulkan device-select layer, which Vulkan loads into every instance, connects to
+    // a Wayland or X display to find the one a desktop shows, and on a headless machine
+    // prints "XDG_RUNTIME_DIR is invalid" errors; its only job is to reorder the adapters,
+    // which tilestream lists and picks itself (`devices`, `--device wgpu:N`). Turned off
+    // unless the user set it, which also keeps the adapter numbers independent of the display.
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        // SAFETY: nothing else runs yet (first statement of `main`, no thread started), so no
+        // thread can read the environment while it changes.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -726,7 +736,11 @@ fn devices() -> Result<()> {
     for (name, what) in Device::survey() {
         s += &format!("{name:<6} {what}\n");
     }
-    s += &format!("auto picks: {} for inputs of {} MiB or more, the CPU for smaller ones", auto.name(), tilestream::GPU_MIN_BYTES >> 20);
+    s += &if matches!(auto, Device::Cpu) {
+        "auto picks: cpu (no GPU that auto may pick)".to_string()
+    } else {
+        format!("auto picks: {} for inputs of {} MiB or more, the CPU for smaller ones", auto.name(), tilestream::GPU_MIN_BYTES >> 20)
+    };
     out(&s)
 }
 
