@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
-use support::{Run, TempDir, gpu_device, gpu_devices, numpy_available, python, run, seed, wait_limited};
+use support::{Run, TempDir, gpu_device, gpu_devices, numpy_available, python, run, run_with, seed, wait_limited};
 
 /// The stat keys of one column, in the spec's order.
 const STAT_KEYS: [&str; 9] = ["count", "nan_count", "inf_count", "sum", "mean", "min", "max", "var", "std"];
@@ -1097,16 +1097,13 @@ fn devices_and_global_options() {
 /// missing display, is off (CI installs Mesa's Vulkan drivers, and with them the layer).
 #[test]
 fn headless_device_probing_is_quiet() {
-    let out = std::process::Command::new(support::bin())
-        .arg("devices")
-        .env_remove("XDG_RUNTIME_DIR")
-        .env_remove("WAYLAND_DISPLAY")
-        .env_remove("DISPLAY")
-        .env_remove("NODEVICE_SELECT")
-        .output()
-        .expect("run tilestream devices");
-    assert!(out.status.success(), "devices failed: {out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "devices wrote to stderr");
+    let d = run_with(&["devices"], |c| {
+        for var in ["XDG_RUNTIME_DIR", "WAYLAND_DISPLAY", "DISPLAY", "NODEVICE_SELECT"] {
+            c.env_remove(var);
+        }
+    });
+    d.ok();
+    assert_eq!(d.stderr, "", "devices wrote to stderr");
 }
 
 /// Numbers of two `stats --json` outputs agree: counts exactly, floats within 1e-6 relative.

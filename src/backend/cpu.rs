@@ -289,6 +289,32 @@ struct Scratch {
     hbuf: Vec<u16>,
 }
 
+/// Counts `codes` into `COPIES` interleaved copies of `stride` counters: code k of the slice
+/// in copy `k % COPIES`, so that runs of one code do not wait on each other's increments.
+/// Shared by the portable histogram and the AVX-512 one (`cpu_simd::hist_count_f32`).
+///
+/// # Safety
+/// Every code is below `stride`; they index unchecked.
+#[inline(always)]
+pub(crate) unsafe fn count_codes<const COPIES: usize>(codes: &[u32], counts: &mut [u32], stride: usize) {
+    // Every copy is a full `stride` long (the unchecked indexing below).
+    assert_eq!(counts.len(), COPIES * stride, "count_codes: bad shapes");
+    let runs = codes.chunks_exact(COPIES);
+    let tail = runs.remainder();
+    for run in runs {
+        for (k, &c) in run.iter().enumerate() {
+            debug_assert!((c as usize) < stride);
+            // SAFETY: c < stride (the caller's promise) and k < COPIES, so the counter lies
+            // inside `counts` (asserted above).
+            unsafe { *counts.get_unchecked_mut(k * stride + c as usize) += 1 };
+        }
+    }
+    for (k, &c) in tail.iter().enumerate() {
+        // SAFETY: as above.
+        unsafe { *counts.get_unchecked_mut(k * stride + c as usize) += 1 };
+    }
+}
+
 /// One thread's counts of a histogram's codes (bins, then below, above, NaN, unselected):
 /// u32 counters in `hist_copies` interleaved copies (a third less time per count than u64
 /// ones), added into u64 totals before any of them could overflow.
@@ -335,32 +361,12 @@ impl HistCounts {
     /// # Safety
     /// Every code is at most `bins + 3` (as `hist_codes` makes them); they index unchecked.
     unsafe fn add(&mut self, codes: &[u32], bins: u32) {
-        self.reserve(codes.len());
-        let (counts, stride) = (&mut self.copies[..], self.stride);
-        // Every code is at most bins + 3 < stride = bins + 4 (the unchecked indexing below).
+        let (counts, stride) = self.room(codes.len());
+        // Every code is at most bins + 3 < stride = bins + 4.
         assert!(stride > bins as usize + 3);
-        if stride == counts.len() {
-            for &c in codes.iter() {
-                // SAFETY: c < stride = counts.len() (asserted above).
-                unsafe { *counts.get_unchecked_mut(c as usize) += 1 };
-            }
-            return;
-        }
-        // Every copy is a full `stride` long (the unchecked indexing below).
-        assert_eq!(counts.len(), stride * HIST_COPIES);
-        let mut chunks = counts.chunks_exact_mut(stride);
-        let copies: &mut [&mut [u32]; HIST_COPIES] =
-            &mut std::array::from_fn(|_| chunks.next().expect("HIST_COPIES copies (asserted above)"));
-        let runs = codes.chunks_exact(HIST_COPIES);
-        let tail = runs.remainder();
-        for q in runs {
-            for k in 0..HIST_COPIES {
-                // SAFETY: every code < stride, the length of each copy (asserted above).
-                unsafe { *copies[k].get_unchecked_mut(q[k] as usize) += 1 };
-            }
-        }
-        for &c in tail {
-            copies[0][c as usize] += 1;
+        // SAFETY: codes < stride (above); `counts` holds 1 or HIST_COPIES copies of `stride`.
+        unsafe {
+            if counts.len() == stride { count_codes::<1>(codes, counts, stride) } else { count_codes::<HIST_COPIES>(codes, counts, stride) }
         }
     }
 

@@ -613,19 +613,14 @@ pub(crate) unsafe fn hist_count_f32<const COPIES: usize>(
     let (near_lo, near_hi) = (_mm512_set1_ps(near_lo), _mm512_set1_ps(near_hi));
     // Value p's code sits at ring[p % RING] from its step until it is counted.
     let mut ring = [0u32; RING];
-    let base = counts.as_mut_ptr();
     // Counts the codes of values [$from, $from + $len), all still in the ring; $from is a
-    // multiple of 16 and $len at most 16 (so they do not wrap around the ring's end).
+    // multiple of 16 and $len at most 16 (so they do not wrap around the ring's end), and
+    // COPIES divides 16, so value p is counted in copy p % COPIES.
     macro_rules! count {
         ($from:expr, $len:expr) => {
             let (from, len): (usize, usize) = ($from, $len);
-            let codes = &ring[from % RING..][..len];
-            for (k, &c) in codes.iter().enumerate() {
-                debug_assert!(c <= bins + 3);
-                // SAFETY: a code is at most bins + 3 < stride, and k % COPIES < COPIES, so
-                // the counter lies inside `counts` (asserted above).
-                unsafe { *base.add((k % COPIES) * stride + c as usize) += 1 };
-            }
+            // SAFETY: every code is at most bins + 3 < stride (asserted above).
+            unsafe { super::cpu::count_codes::<COPIES>(&ring[from % RING..][..len], counts, stride) };
         };
     }
     // The codes of the `live` lanes of the 16 values from i on, into the ring.

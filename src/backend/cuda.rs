@@ -402,7 +402,7 @@ impl Backend for Cuda {
     fn tile_rows(&self, prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
         // DEPTH tiles are staged at once in pinned memory: each gets its share of the budget.
         let share = budget / DEPTH as u64;
-        let unit = exec::unit_rows(prog);
+        let unit = self.unit_rows(prog, ds);
         let mut rows = exec::tile_rows(prog, ds, share, unit);
         if let Some(k) = prog.key {
             // A group-by's partials: per unit, up to 256 sweeps of 256 key records.
@@ -425,7 +425,7 @@ impl Backend for Cuda {
         crate::backend::InjectedFault::at_prepare(&self.gpu.name, tile_rows)?;
         let kernel = cuda_gen::generate(prog, &dtypes, tile_rows, keys)?;
         let function = self.gpu.function(&kernel)?;
-        let unit = exec::unit_rows(prog);
+        let unit = self.unit_rows(prog, ds);
         let units = tile_rows.div_ceil(unit);
         let part_words_per_unit = kernel.sweeps * kernel.part_words * if prog.key.is_some() { cuda_gen::THREADS as u64 } else { 1 };
         let part_bytes = units * part_words_per_unit * 8;

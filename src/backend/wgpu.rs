@@ -275,13 +275,13 @@ impl Backend for Wgpu {
         // Leave room for histogram thresholds and counts (at most a few MiB).
         let room = binding.saturating_sub(4 << 20);
         // DEPTH tiles are staged at once: each gets its share of the budget.
-        let mut rows = exec::tile_rows(prog, ds, budget / DEPTH as u64, exec::unit_rows(prog)).min(MAX_BLOCKS * BLOCK_ROWS);
+        let unit = self.unit_rows(prog, ds);
+        let mut rows = exec::tile_rows(prog, ds, budget / DEPTH as u64, unit).min(MAX_BLOCKS * BLOCK_ROWS);
         for per_row in [in_bytes, out_bytes] {
             if let Some(fit) = room.checked_div(per_row) {
                 rows = rows.min(fit);
             }
         }
-        let unit = exec::unit_rows(prog);
         (rows / unit).max(1) * unit
     }
 
@@ -295,7 +295,7 @@ impl Backend for Wgpu {
         let kernel = wgsl::generate_with_keys(prog, &dtypes, tile_rows, keys)?;
         let pipeline = self.gpu.pipeline(&kernel.source)?;
         let d = &self.gpu.device;
-        let unit = exec::unit_rows(prog);
+        let unit = self.unit_rows(prog, ds);
         let blocks = tile_rows.div_ceil(unit);
         let buffer = |label: &str, words: u64, usage: wgpu::BufferUsages| {
             d.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (words.max(4)) * 4, usage, mapped_at_creation: false })

@@ -4,7 +4,6 @@
 
 use std::ffi::OsStr;
 use std::io::Read;
-use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -120,17 +119,15 @@ pub fn show_cmd<S: AsRef<OsStr>>(args: &[S]) -> String {
 
 /// Runs the binary with `args` (stdin closed) under [`TIME_LIMIT`].
 pub fn run<S: AsRef<OsStr>>(args: &[S]) -> Run {
-    run_in(args, None)
+    run_with(args, |_| {})
 }
 
-/// [`run`] in the folder `dir`.
-pub fn run_in<S: AsRef<OsStr>>(args: &[S], dir: Option<&Path>) -> Run {
+/// [`run`] with the command first adjusted by `setup` (its environment, say).
+pub fn run_with<S: AsRef<OsStr>>(args: &[S], setup: impl FnOnce(&mut Command)) -> Run {
     let cmd = show_cmd(args);
     let mut c = Command::new(bin());
     c.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    if let Some(d) = dir {
-        c.current_dir(d);
-    }
+    setup(&mut c);
     let start = Instant::now();
     let mut child = c.spawn().unwrap_or_else(|e| panic!("{cmd}: cannot start {}: {e}", bin()));
     let out = reader(child.stdout.take().expect("stdout"));
