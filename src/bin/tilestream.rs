@@ -38,7 +38,7 @@ struct Global {
     /// Device to run on: auto, cpu, wgpu[:N], cuda[:N].
     #[arg(long, global = true, default_value = "auto")]
     device: String,
-    /// Memory for tiles, e.g. 256MiB, 1GiB, 512KiB (default 256MiB).
+    /// Memory for tiles, e.g. 256MiB, 1GiB, 512KiB.
     #[arg(long, global = true, default_value = "256MiB", value_parser = parse_size)]
     memory_budget: u64,
     /// CPU threads (default: all cores).
@@ -542,9 +542,14 @@ fn print_stats(r: &AggregateResult, grouped: bool, json: bool) -> Result<()> {
         }
         return out(&o.to_string());
     }
+    let counted = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let mut s = format!(
-        "rows: {}  selected: {}  ({} on {}, {} tiles)\n",
-        r.rows, r.rows_selected, r.report.passes, r.report.device, r.report.tiles
+        "rows: {}  selected: {}  ({} on {}, {})\n",
+        r.rows,
+        r.rows_selected,
+        counted(r.report.passes as u64, "pass", "passes"),
+        r.report.device,
+        counted(r.report.tiles, "tile", "tiles")
     );
     if grouped {
         for g in &r.groups {
