@@ -1449,6 +1449,8 @@ fn group_rows_f32(
     assert!(level != Level::Base, "the row-wise group kernel needs AVX2 or AVX-512");
     let n = slots.len();
     let present = rows.iter().filter(|&&r| r > 0).count();
+    // Under 10 % of rows selected: the kernels skip steps with none selected.
+    let sparse = rows.iter().sum::<u64>() * 10 < n as u64;
     let mut out = Vec::with_capacity(cols.len());
     for chunk in cols.chunks(GW) {
         // Spare accumulators after the g groups take the unselected rows.
@@ -1458,10 +1460,13 @@ fn group_rows_f32(
         // SAFETY: `level()` saw these features on this CPU; every column is a block of n
         // rows and lanes has g + SPARES entries.
         #[cfg(target_arch = "x86_64")]
-        match level {
-            _ if chunk.len() <= 4 => unsafe { cpu_simd::group_rows4(chunk, slots, g, lanes) },
-            Level::Avx512 => unsafe { cpu_simd::group_rows(chunk, slots, g, lanes) },
-            _ => unsafe { cpu_simd::group_rows_avx2(chunk, slots, g, lanes) },
+        match (level, sparse) {
+            _ if chunk.len() <= 4 && sparse => unsafe { cpu_simd::group_rows4::<true>(chunk, slots, g, lanes) },
+            _ if chunk.len() <= 4 => unsafe { cpu_simd::group_rows4::<false>(chunk, slots, g, lanes) },
+            (Level::Avx512, true) => unsafe { cpu_simd::group_rows::<true>(chunk, slots, g, lanes) },
+            (Level::Avx512, false) => unsafe { cpu_simd::group_rows::<false>(chunk, slots, g, lanes) },
+            (_, true) => unsafe { cpu_simd::group_rows_avx2::<true>(chunk, slots, g, lanes) },
+            (_, false) => unsafe { cpu_simd::group_rows_avx2::<false>(chunk, slots, g, lanes) },
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("the row-wise group kernel runs only on x86-64");

@@ -55,6 +55,16 @@ pub(crate) fn lane_of(slot: u32, g: usize, r: usize) -> usize {
     (slot as usize).min(g + r % SPARES)
 }
 
+/// Whether no row of a step is selected (all slots `u32::MAX`): with `SKIP` the row kernels
+/// skip such steps, whose updates would go to spares only (a selective filter makes most
+/// steps so; with a filter keeping 2 % of rows, a group-by of 2 columns ran 24 % faster, of
+/// 8 columns 15 %; where most steps have a selected row the test costs 2-3 %, measured).
+#[inline(always)]
+fn none_selected(ks: &[u32]) -> bool {
+    // A fold rather than `all`: no early exit, so it compiles to a few vector ANDs.
+    ks.iter().fold(u32::MAX, |a, &k| a & k) == u32::MAX
+}
+
 /// How far ahead (in f32 elements) the row-wise group kernels prefetch each of their (up to
 /// eight) columns: nearer than the one-column kernels' `PREFETCH_F32`, so that the eight
 /// columns' prefetched lines stay in the L1 cache (with 2048, a 64-key group-by of eight
@@ -160,7 +170,7 @@ pub(crate) fn group_pivots(cols: &[&[f32]], slots: &[u32], g: usize, present: us
 /// and `lanes.len() == g + SPARES`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-pub(crate) unsafe fn group_rows(cols: &[&[f32]], slots: &[u32], g: usize, lanes: &mut [GroupLanes]) {
+pub(crate) unsafe fn group_rows<const SKIP: bool>(cols: &[&[f32]], slots: &[u32], g: usize, lanes: &mut [GroupLanes]) {
     let n = slots.len();
     assert!(cols.len() <= GW && lanes.len() == g + SPARES && cols.iter().all(|c| c.len() >= n), "group_rows: bad shapes");
     let full = n / GR * GR;
@@ -177,6 +187,11 @@ pub(crate) unsafe fn group_rows(cols: &[&[f32]], slots: &[u32], g: usize, lanes:
             // SAFETY: i + GR <= n <= col.len().
             c[k] = unsafe { _mm512_loadu_ps(col.as_ptr().add(i)) };
         }
+        let ks: &[u32; GR] = slots[i..i + GR].try_into().expect("GR rows");
+        if SKIP && none_selected(ks) {
+            i += GR;
+            continue;
+        }
         // Transpose within 128-bit lanes (lane L holds rows i+4L..i+4L+3).
         let u = transpose_in_lanes!(&c, _mm512_unpacklo_ps, _mm512_unpackhi_ps, _mm512_shuffle_ps);
         // rows[q]: rows q (low half) and 4+q (high half); rows[4+q]: rows 8+q and 12+q.
@@ -185,7 +200,6 @@ pub(crate) unsafe fn group_rows(cols: &[&[f32]], slots: &[u32], g: usize, lanes:
             rows[q] = _mm512_permutex2var_ps(u[q], idx01, u[q + 4]);
             rows[q + 4] = _mm512_permutex2var_ps(u[q], idx23, u[q + 4]);
         }
-        let ks: &[u32; GR] = slots[i..i + GR].try_into().expect("GR rows");
         // Any NaN among the 16 rows? (fpclass 0x81: quiet or signalling NaN.)
         let nans = c.iter().fold(0, |m, &v| m | _mm512_fpclass_ps_mask::<0x81>(v));
         // SAFETY: AVX-512 is enabled here; every slot is at most g < lanes.len().
@@ -389,7 +403,7 @@ unsafe fn update_avx2<const NAN: bool>(a: &mut GroupLanes, v: __m256) {
 /// The CPU must have AVX2. Same shapes as `group_rows`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn group_rows_avx2(cols: &[&[f32]], slots: &[u32], g: usize, lanes: &mut [GroupLanes]) {
+pub(crate) unsafe fn group_rows_avx2<const SKIP: bool>(cols: &[&[f32]], slots: &[u32], g: usize, lanes: &mut [GroupLanes]) {
     const R: usize = 8;
     let n = slots.len();
     assert!(cols.len() <= GW && lanes.len() == g + SPARES && cols.iter().all(|c| c.len() >= n), "group_rows_avx2: bad shapes");
@@ -404,10 +418,14 @@ pub(crate) unsafe fn group_rows_avx2(cols: &[&[f32]], slots: &[u32], g: usize, l
             // SAFETY: i + R <= n <= col.len().
             c[k] = unsafe { _mm256_loadu_ps(col.as_ptr().add(i)) };
         }
+        let ks: &[u32; R] = slots[i..i + R].try_into().expect("R rows");
+        if SKIP && none_selected(ks) {
+            i += R;
+            continue;
+        }
         // 8×8 transpose: within 128-bit lanes (lane L holds rows i+4L..i+4L+3), then the
         // lanes are paired.
         let u = transpose_in_lanes!(&c, _mm256_unpacklo_ps, _mm256_unpackhi_ps, _mm256_shuffle_ps);
-        let ks: &[u32; R] = slots[i..i + R].try_into().expect("R rows");
         let rows = [
             _mm256_permute2f128_ps::<0x20>(u[0], u[4]),
             _mm256_permute2f128_ps::<0x20>(u[1], u[5]),
@@ -472,7 +490,7 @@ unsafe fn update4<const NAN: bool>(a: &mut GroupLanes, v: __m128) {
 /// The CPU must have AVX2. Same shapes as `group_rows`, with at most four columns.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn group_rows4(cols: &[&[f32]], slots: &[u32], g: usize, lanes: &mut [GroupLanes]) {
+pub(crate) unsafe fn group_rows4<const SKIP: bool>(cols: &[&[f32]], slots: &[u32], g: usize, lanes: &mut [GroupLanes]) {
     const R: usize = 8;
     let n = slots.len();
     assert!(cols.len() <= 4 && lanes.len() == g + SPARES && cols.iter().all(|c| c.len() >= n), "group_rows4: bad shapes");
@@ -487,6 +505,11 @@ pub(crate) unsafe fn group_rows4(cols: &[&[f32]], slots: &[u32], g: usize, lanes
             // SAFETY: i + R <= n <= col.len().
             c[k] = unsafe { _mm256_loadu_ps(col.as_ptr().add(i)) };
         }
+        let ks: &[u32; R] = slots[i..i + R].try_into().expect("R rows");
+        if SKIP && none_selected(ks) {
+            i += R;
+            continue;
+        }
         // Within 128-bit lanes: q[r] holds row r's four values (low half) and row 4+r's.
         let (lo01, hi01) = (_mm256_unpacklo_ps(c[0], c[1]), _mm256_unpackhi_ps(c[0], c[1]));
         let (lo23, hi23) = (_mm256_unpacklo_ps(c[2], c[3]), _mm256_unpackhi_ps(c[2], c[3]));
@@ -496,7 +519,6 @@ pub(crate) unsafe fn group_rows4(cols: &[&[f32]], slots: &[u32], g: usize, lanes
             _mm256_shuffle_ps::<0x44>(hi01, hi23),
             _mm256_shuffle_ps::<0xEE>(hi01, hi23),
         ];
-        let ks: &[u32; R] = slots[i..i + R].try_into().expect("R rows");
         // Any NaN among the 8 rows?
         let nans = c.iter().fold(_mm256_setzero_ps(), |m, &v| _mm256_or_ps(m, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v)));
         let add = |lanes: &mut [GroupLanes], nan: bool| {
