@@ -419,3 +419,32 @@ fn the_pivot_search_finds_the_first_selected_finite_value() {
         }
     }
 }
+
+/// The f16 and bf16 conversions give `half`'s f32 for every one of the 65,536 bit
+/// patterns (NaN payloads and signs included), at every level this CPU has, and at lengths
+/// that leave a tail.
+#[test]
+fn half_conversions_match_the_half_crate_on_every_bit_pattern() {
+    let all: Vec<u16> = (0..=u16::MAX).collect();
+    let levels = match level() {
+        Level::Avx512 => vec![Level::Base, Level::Avx2, Level::Avx512],
+        Level::Avx2 => vec![Level::Base, Level::Avx2],
+        Level::Base => vec![Level::Base],
+    };
+    for len in [all.len(), all.len() - 3, 7, 0] {
+        // A window that starts off the first pattern, so that the tails differ.
+        let src = &all[all.len() - len..];
+        let mut got = vec![0f32; len];
+        bf16_to_f32(src, &mut got);
+        for (&h, g) in src.iter().zip(&got) {
+            assert_eq!(g.to_bits(), bf16::from_bits(h).to_f32().to_bits(), "bf16 {h:#06x}");
+        }
+        for &l in &levels {
+            got.fill(0.0);
+            f16_to_f32(src, &mut got, l);
+            for (&h, g) in src.iter().zip(&got) {
+                assert_eq!(g.to_bits(), f16::from_bits(h).to_f32().to_bits(), "f16 {h:#06x} at {l:?}");
+            }
+        }
+    }
+}
