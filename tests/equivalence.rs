@@ -430,3 +430,61 @@ fn expressions_type_errors_point_at_position() {
     }
     let _ = (BinOp::Add, Literal::Int(0));
 }
+
+/// Random bytes of `rows` values of `dtype`, with NaN and ±inf among the floats.
+fn random_bytes(rng: &mut Rng, dtype: DType, rows: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows * dtype.size());
+    for _ in 0..rows {
+        let v = awkward(rng, 0.05);
+        match dtype {
+            DType::U8 => out.push((rng.uniform() * 256.0) as u8),
+            DType::F16 => out.extend_from_slice(&half::f16::from_f64(v).to_le_bytes()),
+            DType::BF16 => out.extend_from_slice(&half::bf16::from_f64(v).to_le_bytes()),
+            DType::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
+            DType::I32 => out.extend_from_slice(&((rng.normal() * 1e6) as i32).to_le_bytes()),
+            DType::F64 => out.extend_from_slice(&v.to_le_bytes()),
+            DType::I64 => out.extend_from_slice(&(rng.next_u64() as i64 >> 3).to_le_bytes()),
+            other => unreachable!("no generator for {other:?}"),
+        }
+    }
+    out
+}
+
+/// The columns of a row-major matrix (here a raw file; `.npy` matrices and 2-D safetensors
+/// tensors are read the same way) give the same statistics, bit for bit, as the same values
+/// stored column by column: the block gather, which reads a matrix's rows once for all its
+/// columns, drops or moves nothing, for every element size, at row counts around its
+/// 64-row chunks and the 8,192-row blocks, with any budget and thread count.
+#[test]
+fn matrix_columns_match_the_same_values_stored_column_by_column() {
+    let mut rng = Rng::new(seed("matrix_columns"));
+    let dir = TempDir::new("matrix");
+    let k = 5;
+    for dtype in [DType::U8, DType::F16, DType::BF16, DType::F32, DType::I32, DType::F64, DType::I64] {
+        for rows in [1usize, 63, 64, 65, 8191, 8193, 20_000] {
+            let cols: Vec<ColData> =
+                (0..k).map(|j| ColData { name: format!("c{j}"), dtype, bytes: random_bytes(&mut rng, dtype, rows) }).collect();
+            write_safetensors(&dir.path("apart.safetensors"), rows, &cols);
+            let size = dtype.size();
+            let mut raw = vec![0u8; rows * k * size];
+            for r in 0..rows {
+                for (j, c) in cols.iter().enumerate() {
+                    raw[(r * k + j) * size..][..size].copy_from_slice(&c.bytes[r * size..][..size]);
+                }
+            }
+            std::fs::write(dir.path("m.bin"), &raw).unwrap();
+            let apart = Dataset::open(dir.path("apart.safetensors")).unwrap();
+            let matrix = Dataset::open_many(&[dir.path("m.bin")], tilestream::FileKind::Raw { dtype, cols: k as u64 }).unwrap();
+            for opts in budgets() {
+                let a = apart.lazy().aggregate([all_stats((0..k).map(|j| format!("c{j}")))]).collect_with(&Device::Cpu, &opts).unwrap();
+                let m = matrix.lazy().aggregate([all_stats((0..k).map(|j| format!("m:{j}")))]).collect_with(&Device::Cpu, &opts).unwrap();
+                for j in 0..k {
+                    // Debug prints each f64 as the shortest text that reads back to it (NaN
+                    // and -0.0 included), so equal text is equal bits.
+                    let (x, y) = (a.column(&format!("c{j}")).unwrap(), m.column(&format!("m:{j}")).unwrap());
+                    assert_eq!(format!("{x:?}"), format!("{y:?}"), "{dtype:?} rows={rows} column {j} {opts:?}");
+                }
+            }
+        }
+    }
+}
