@@ -453,13 +453,14 @@ fn random_bytes(rng: &mut Rng, dtype: DType, rows: usize) -> Vec<u8> {
 /// The columns of a row-major matrix (here a raw file; `.npy` matrices and 2-D safetensors
 /// tensors are read the same way) give the same statistics, bit for bit, as the same values
 /// stored column by column: the block gather, which reads a matrix's rows once for all its
-/// columns, drops or moves nothing, for every element size, at row counts around its
-/// 64-row chunks and the 8,192-row blocks, with any budget and thread count.
+/// columns (and transposes eight 4-byte columns side by side at a time), drops or moves
+/// nothing, for every element size, at row counts around its 64-row chunks, 8-row steps
+/// and 8,192-row blocks, with any budget and thread count, for all columns and a subset.
 #[test]
 fn matrix_columns_match_the_same_values_stored_column_by_column() {
     let mut rng = Rng::new(seed("matrix_columns"));
     let dir = TempDir::new("matrix");
-    let k = 5;
+    let k = 13;
     for dtype in [DType::U8, DType::F16, DType::BF16, DType::F32, DType::I32, DType::F64, DType::I64] {
         for rows in [1usize, 63, 64, 65, 8191, 8193, 20_000] {
             let cols: Vec<ColData> =
@@ -475,14 +476,25 @@ fn matrix_columns_match_the_same_values_stored_column_by_column() {
             std::fs::write(dir.path("m.bin"), &raw).unwrap();
             let apart = Dataset::open(dir.path("apart.safetensors")).unwrap();
             let matrix = Dataset::open_many(&[dir.path("m.bin")], tilestream::FileKind::Raw { dtype, cols: k as u64 }).unwrap();
-            for opts in budgets() {
-                let a = apart.lazy().aggregate([all_stats((0..k).map(|j| format!("c{j}")))]).collect_with(&Device::Cpu, &opts).unwrap();
-                let m = matrix.lazy().aggregate([all_stats((0..k).map(|j| format!("m:{j}")))]).collect_with(&Device::Cpu, &opts).unwrap();
-                for j in 0..k {
-                    // Debug prints each f64 as the shortest text that reads back to it (NaN
-                    // and -0.0 included), so equal text is equal bits.
-                    let (x, y) = (a.column(&format!("c{j}")).unwrap(), m.column(&format!("m:{j}")).unwrap());
-                    assert_eq!(format!("{x:?}"), format!("{y:?}"), "{dtype:?} rows={rows} column {j} {opts:?}");
+            // All 13 columns (one run of eight side by side, five more), and 3..=11.
+            for which in [0..k, 3..12] {
+                for opts in budgets() {
+                    let a = apart
+                        .lazy()
+                        .aggregate([all_stats(which.clone().map(|j| format!("c{j}")))])
+                        .collect_with(&Device::Cpu, &opts)
+                        .unwrap();
+                    let m = matrix
+                        .lazy()
+                        .aggregate([all_stats(which.clone().map(|j| format!("m:{j}")))])
+                        .collect_with(&Device::Cpu, &opts)
+                        .unwrap();
+                    for j in which.clone() {
+                        // Debug prints each f64 as the shortest text that reads back to it
+                        // (NaN and -0.0 included), so equal text is equal bits.
+                        let (x, y) = (a.column(&format!("c{j}")).unwrap(), m.column(&format!("m:{j}")).unwrap());
+                        assert_eq!(format!("{x:?}"), format!("{y:?}"), "{dtype:?} rows={rows} column {j} of {which:?} {opts:?}");
+                    }
                 }
             }
         }

@@ -568,6 +568,54 @@ pub(crate) unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
     }
 }
 
+/// Copies rows `[0, n)` of eight 4-byte columns that sit side by side in each row (column
+/// c's value of row r at `first + r * stride + 4 * c`, as in a row-major matrix) into the
+/// columns' buffers (`dst[c]`, 4·n bytes): 8 rows at a time, transposed 8×8 in registers,
+/// so that a row's 32 bytes are one load and a column's 8 values one store (one element at
+/// a time, the gather was most of the time of a matrix's statistics).
+///
+/// # Safety
+/// The CPU must have AVX2. For every row r < n, the 32 bytes at `first + r * stride` are
+/// readable (they are the eight columns' values of row r).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn transpose8(first: *const u8, stride: usize, n: usize, mut dst: [&mut [u8]; 8]) {
+    assert!(dst.iter().all(|d| d.len() >= 4 * n), "transpose8: short buffers");
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        // c[k]: row i+k's eight values.
+        let mut c = [_mm256_setzero_ps(); 8];
+        for (k, ck) in c.iter_mut().enumerate() {
+            // SAFETY: row i+k < n is readable (the caller's promise).
+            *ck = unsafe { _mm256_loadu_ps(first.add((i + k) * stride) as *const f32) };
+        }
+        // As in `group_rows_avx2`, with rows and columns swapped: t[q] holds column q's
+        // values of rows i..i+8.
+        let u = transpose_in_lanes!(&c, _mm256_unpacklo_ps, _mm256_unpackhi_ps, _mm256_shuffle_ps);
+        let t = [
+            _mm256_permute2f128_ps::<0x20>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x20>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x20>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x20>(u[3], u[7]),
+            _mm256_permute2f128_ps::<0x31>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x31>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x31>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x31>(u[3], u[7]),
+        ];
+        for (d, &v) in dst.iter_mut().zip(&t) {
+            // SAFETY: 4 * (i + 8) <= 4 * n <= d.len() (asserted).
+            unsafe { _mm256_storeu_ps(d.as_mut_ptr().add(4 * i) as *mut f32, v) };
+        }
+    }
+    for i in full..n {
+        for (c, d) in dst.iter_mut().enumerate() {
+            // SAFETY: row i < n is readable; column c's value is its bytes 4c..4c+4.
+            let v = unsafe { std::ptr::read_unaligned(first.add(i * stride + 4 * c) as *const [u8; 4]) };
+            d[4 * i..4 * i + 4].copy_from_slice(&v);
+        }
+    }
+}
+
 /// Sums, bounds and counts of a block of f32 values with AVX2 only: 8 lanes (element `i` in
 /// lane `i % 8`), each a running f64 sum in row order, so that the accumulators fit AVX2's 16
 /// registers. Returns `(count, lane sums, lane sums of squares, min, max, finite min, finite
