@@ -617,12 +617,16 @@ fn gather_block(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, bufs: &mut [Ve
     // 64 rows of a [N, 64] f32 matrix are 16 KiB, L1-resident while every column takes
     // its values (16 rows ran 8 % slower, all rows at once, as before, 25 %).
     const ROWS: usize = 64;
-    // In address order, eight 4-byte columns side by side in every row (a matrix's) are
-    // transposed together with AVX2.
+    // In address order, eight 4- or 2-byte columns side by side in every row (a matrix's)
+    // are transposed together.
     cols.sort_unstable_by_key(|c| c.0.as_ptr() as usize);
     let side_by_side = |c: &[(&[u8], usize, usize, &mut [u8])]| {
+        let (stride, size) = (c[0].1, c[0].2);
         c.len() == 8
-            && c.iter().enumerate().all(|(k, x)| x.2 == 4 && x.1 == c[0].1 && x.0.as_ptr() as usize == c[0].0.as_ptr() as usize + 4 * k)
+            && (size == 4 || size == 2)
+            && c.iter()
+                .enumerate()
+                .all(|(k, x)| x.2 == size && x.1 == stride && x.0.as_ptr() as usize == c[0].0.as_ptr() as usize + size * k)
     };
     let vector = cfg!(target_arch = "x86_64") && level != Level::Base;
     for start in (0..n).step_by(ROWS) {
@@ -634,12 +638,15 @@ fn gather_block(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, bufs: &mut [Ve
             rest = later;
             #[cfg(target_arch = "x86_64")]
             if let [a, b, c, d, e, f, g, h] = now {
-                let stride = a.1;
+                let (stride, size) = (a.1, a.2);
                 let first = a.0[start * stride..].as_ptr();
-                let dst = [a, b, c, d, e, f, g, h].map(|x| &mut x.3[start * 4..]);
-                // SAFETY: `level()` saw AVX2 on this CPU; row r's 32 bytes from `first` are
-                // the eight columns' values of row start + r, each inside its column's span.
-                unsafe { cpu_simd::transpose8(first, stride, m, dst) };
+                let dst = [a, b, c, d, e, f, g, h].map(|x| &mut x.3[start * size..]);
+                // SAFETY: `level()` saw AVX2 on this CPU; row r's 8 * size bytes from
+                // `first` are the eight columns' values of row start + r, each inside its
+                // column's span.
+                unsafe {
+                    if size == 4 { cpu_simd::transpose8(first, stride, m, dst) } else { cpu_simd::transpose8_u16(first, stride, m, dst) }
+                };
                 continue;
             }
             for (span, stride, size, dst) in now.iter_mut() {
