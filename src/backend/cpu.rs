@@ -614,6 +614,9 @@ fn gather_block(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, bufs: &mut [Ve
         buf.resize((n * size).div_ceil(8), 0);
         cols.push((span, c.stride as usize, size, &mut bytemuck::cast_slice_mut(buf.as_mut_slice())[..n * size]));
     }
+    if cols.is_empty() {
+        return;
+    }
     // 64 rows of a [N, 64] f32 matrix are 16 KiB, L1-resident while every column takes
     // its values (16 rows ran 8 % slower, all rows at once, as before, 25 %).
     const ROWS: usize = 64;
