@@ -607,11 +607,22 @@ pub(crate) unsafe fn transpose8(first: *const u8, stride: usize, n: usize, mut d
             unsafe { _mm256_storeu_ps(d.as_mut_ptr().add(4 * i) as *mut f32, v) };
         }
     }
-    for i in full..n {
+    // SAFETY: rows full..n < n are readable (the caller's promise).
+    unsafe { transpose_tail::<4>(first, stride, full..n, &mut dst) };
+}
+
+/// Rows `rows` of the `transpose8*` kernels (those past their last whole step of 8), one
+/// `SIZE`-byte value at a time.
+///
+/// # Safety
+/// For every row r in `rows`, the 8·SIZE bytes at `first + r * stride` are readable.
+#[inline(always)]
+unsafe fn transpose_tail<const SIZE: usize>(first: *const u8, stride: usize, rows: std::ops::Range<usize>, dst: &mut [&mut [u8]; 8]) {
+    for i in rows {
         for (c, d) in dst.iter_mut().enumerate() {
-            // SAFETY: row i < n is readable; column c's value is its bytes 4c..4c+4.
-            let v = unsafe { std::ptr::read_unaligned(first.add(i * stride + 4 * c) as *const [u8; 4]) };
-            d[4 * i..4 * i + 4].copy_from_slice(&v);
+            // SAFETY: row i is readable; column c's value is its bytes SIZE·c..SIZE·(c+1).
+            let v = unsafe { std::ptr::read_unaligned(first.add(i * stride + SIZE * c) as *const [u8; SIZE]) };
+            d[SIZE * i..SIZE * (i + 1)].copy_from_slice(&v);
         }
     }
 }
@@ -667,13 +678,8 @@ pub(crate) unsafe fn transpose8_u16(first: *const u8, stride: usize, n: usize, m
             unsafe { _mm_storeu_si128(d.as_mut_ptr().add(2 * i) as *mut __m128i, v) };
         }
     }
-    for i in full..n {
-        for (c, d) in dst.iter_mut().enumerate() {
-            // SAFETY: row i < n is readable; column c's value is its bytes 2c..2c+2.
-            let v = unsafe { std::ptr::read_unaligned(first.add(i * stride + 2 * c) as *const [u8; 2]) };
-            d[2 * i..2 * i + 2].copy_from_slice(&v);
-        }
-    }
+    // SAFETY: rows full..n < n are readable (the caller's promise).
+    unsafe { transpose_tail::<2>(first, stride, full..n, &mut dst) };
 }
 
 /// Sums, bounds and counts of a block of f32 values with AVX2 only: 8 lanes (element `i` in
