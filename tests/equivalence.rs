@@ -453,7 +453,7 @@ fn random_bytes(rng: &mut Rng, dtype: DType, rows: usize) -> Vec<u8> {
 /// The columns of a row-major matrix (here a raw file; `.npy` matrices and 2-D safetensors
 /// tensors are read the same way) give the same statistics, bit for bit, as the same values
 /// stored column by column: the block gather, which reads a matrix's rows once for all its
-/// columns (and transposes eight 4-byte columns side by side at a time), drops or moves
+/// columns (and transposes eight columns side by side at a time), drops or moves
 /// nothing, for every element size, at row counts around its 64-row chunks, 8-row steps
 /// and 8,192-row blocks, with any budget and thread count, for all columns and a subset.
 #[test]

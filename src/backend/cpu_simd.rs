@@ -611,6 +611,43 @@ pub(crate) unsafe fn transpose8(first: *const u8, stride: usize, n: usize, mut d
     unsafe { transpose_tail::<4>(first, stride, full..n, &mut dst) };
 }
 
+/// `transpose8` for eight 8-byte columns side by side (f64 and 64-bit integer matrices,
+/// numpy's default): 4 rows at a time, each half of the eight columns transposed 4×4 in
+/// AVX2 registers (statistics of a [2M, 64] f64 matrix: 0.094-0.10 → 0.071-0.080 s).
+///
+/// # Safety
+/// The CPU must have AVX2. For every row r < n, the 64 bytes at `first + r * stride` are
+/// readable (the eight columns' values of row r).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn transpose8_u64(first: *const u8, stride: usize, n: usize, mut dst: [&mut [u8]; 8]) {
+    assert!(dst.iter().all(|d| d.len() >= 8 * n), "transpose8_u64: short buffers");
+    let full = n / 4 * 4;
+    for i in (0..full).step_by(4) {
+        for half in 0..2 {
+            // SAFETY: rows i..i+4 < n are readable (the caller's promise); columns
+            // 4·half..4·half+4 are their bytes 32·half..32·half+32.
+            let r: [__m256d; 4] =
+                std::array::from_fn(|k| unsafe { _mm256_loadu_pd(first.add((i + k) * stride + 32 * half) as *const f64) });
+            // Rows paired by 64 bits, then 128-bit halves exchanged: t[c] is column c.
+            let (lo01, hi01) = (_mm256_unpacklo_pd(r[0], r[1]), _mm256_unpackhi_pd(r[0], r[1]));
+            let (lo23, hi23) = (_mm256_unpacklo_pd(r[2], r[3]), _mm256_unpackhi_pd(r[2], r[3]));
+            let t = [
+                _mm256_permute2f128_pd::<0x20>(lo01, lo23),
+                _mm256_permute2f128_pd::<0x20>(hi01, hi23),
+                _mm256_permute2f128_pd::<0x31>(lo01, lo23),
+                _mm256_permute2f128_pd::<0x31>(hi01, hi23),
+            ];
+            for (d, &v) in dst[4 * half..4 * half + 4].iter_mut().zip(&t) {
+                // SAFETY: 8 * (i + 4) <= 8 * n <= d.len() (asserted).
+                unsafe { _mm256_storeu_pd(d.as_mut_ptr().add(8 * i) as *mut f64, v) };
+            }
+        }
+    }
+    // SAFETY: rows full..n < n are readable (the caller's promise).
+    unsafe { transpose_tail::<8>(first, stride, full..n, &mut dst) };
+}
+
 /// Rows `rows` of the `transpose8*` kernels (those past their last whole step of 8), one
 /// `SIZE`-byte value at a time.
 ///
