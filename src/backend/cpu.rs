@@ -594,12 +594,12 @@ fn in_place(c: &Column, span: &[u8]) -> bool {
 }
 
 /// Gathers rows `[r0, r0+n)` of every input column that `make_view` cannot read in place
-/// into its buffer in `bufs`, 16 rows at a time across all of them: the columns of a
+/// into its buffer in `bufs`, 64 rows at a time across all of them: the columns of a
 /// row-major matrix share their rows' cache lines, which are then read from memory once
-/// rather than once per column; eight 2-, 4- or 8-byte columns side by side are transposed together
-/// (statistics of all columns of a [4M, 64] f32 .npy matrix: 0.30 s with one memmove call
-/// per element, 0.14 s with `gather`'s loops per element size, 0.104 s in chunks, 0.067 s
-/// with the transposes).
+/// rather than once per column; eight 2-, 4- or 8-byte columns side by side are
+/// transposed together (statistics of all columns of a [4M, 64] f32 .npy matrix: 0.30 s
+/// with one memmove call per element, 0.14 s with `gather`'s loops per element size,
+/// 0.104 s in chunks, 0.067 s with the transposes).
 #[inline(always)]
 fn gather_block(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, bufs: &mut [Vec<u64>], level: Level) {
     let mut cols: Vec<(&[u8], usize, usize, &mut [u8])> = Vec::new();
