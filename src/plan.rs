@@ -430,8 +430,8 @@ fn explain_program(prog: &FusedProgram, ds: &Dataset) -> String {
         if prog.key.is_some() {
             format!(
                 "on the CPU, per {unit}-row unit dense key slots (direct table for 8/16-bit keys, hash map otherwise), f32 columns \
-                 added row by row to their group's accumulators eight columns at a time (up to 4096 keys per unit with AVX2 or \
-                 AVX-512; else gathered into key order); on wgpu, one workgroup per {}-row unit and per sweep of 256 key values, \
+                 added row by row to their group's accumulators eight columns at a time, or four for four or fewer (up to 4096 \
+                 keys per unit with AVX2 or AVX-512; else gathered into key order); on wgpu, one workgroup per {}-row unit and per sweep of 256 key values, \
                  one thread per key walking its rows in order (keys wider than 8 bits: their range is read first, and at most \
                  {} key values fit); partials merged in unit order",
                 exec::GROUP_BLOCK_ROWS,

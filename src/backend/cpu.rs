@@ -98,11 +98,11 @@ const CPU_GROUP_BLOCK_ROWS: u64 = 4 * GROUP_BLOCK_ROWS;
 /// Rows per partial of a program on the CPU: `CPU_GROUP_BLOCK_ROWS` for a group-by without
 /// instructions whose columns `make_view` reads in place, else the GPUs' unit.
 pub(crate) fn unit_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
-    let in_place = |&c: &usize| {
+    let read_as_is = |&c: &usize| {
         let col = &ds.columns()[c];
         !matches!(col.dtype, DType::F16 | DType::BF16) && zero_copy(col)
     };
-    if prog.key.is_some() && prog.instrs.is_empty() && prog.inputs.iter().all(in_place) {
+    if prog.key.is_some() && prog.instrs.is_empty() && prog.inputs.iter().all(read_as_is) {
         CPU_GROUP_BLOCK_ROWS
     } else {
         crate::exec::unit_rows(prog)
@@ -116,6 +116,8 @@ pub(crate) struct Prepared {
     steps: Vec<Step>,
     /// Rows per partial.
     unit: u64,
+    /// How each block gathers the columns it cannot read in place.
+    gather: GatherPlan,
     /// Per-thread buffers kept between tiles.
     scratch: std::sync::Mutex<Vec<Scratch>>,
 }
@@ -264,7 +266,15 @@ impl Backend for Cpu {
     fn prepare(&self, prog: &FusedProgram, ds: &Dataset, _tile_rows: u64) -> Result<Prepared> {
         let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
         let steps = plan_steps(prog, &dtypes);
-        Ok(Prepared { prog: prog.clone(), dtypes, steps, unit: self.unit_rows(prog, ds), scratch: std::sync::Mutex::new(Vec::new()) })
+        let gather = GatherPlan::new(prog, ds, self.level);
+        Ok(Prepared {
+            prog: prog.clone(),
+            dtypes,
+            steps,
+            unit: self.unit_rows(prog, ds),
+            gather,
+            scratch: std::sync::Mutex::new(Vec::new()),
+        })
     }
 }
 
@@ -533,7 +543,6 @@ fn make_view<'a>(
     let c = &ds.columns()[col];
     let size = dtype.size();
     let span = ds.column_span(col, r0, r0 + n as u64);
-    // An empty span's pointer is dangling, not aligned: it takes the (empty) copy.
     let bytes: &'a [u8] = if in_place(c, span) { span } else { &bytemuck::cast_slice(buf.as_slice())[..n * size] };
     match dtype {
         DType::F32 => View::F32(bytemuck::cast_slice(bytes)),
@@ -593,60 +602,95 @@ fn in_place(c: &Column, span: &[u8]) -> bool {
     zero_copy(c) && !span.is_empty()
 }
 
-/// Gathers rows `[r0, r0+n)` of every input column that `make_view` cannot read in place
-/// into its buffer in `bufs`, 64 rows at a time across all of them: the columns of a
-/// row-major matrix share their rows' cache lines, which are then read from memory once
-/// rather than once per column; eight 2-, 4- or 8-byte columns side by side are
-/// transposed together (statistics of all columns of a [4M, 64] f32 .npy matrix: 0.30 s
-/// with one memmove call per element, 0.14 s with `gather`'s loops per element size,
-/// 0.104 s in chunks, 0.067 s with the transposes).
-#[inline(always)]
-fn gather_block(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, bufs: &mut [Vec<u64>], level: Level) {
-    let mut cols: Vec<(&[u8], usize, usize, &mut [u8])> = Vec::new();
-    for (i, buf) in bufs.iter_mut().enumerate() {
-        let col = prep.prog.inputs[i];
-        let c = &ds.columns()[col];
-        let span = ds.column_span(col, r0, r0 + n as u64);
-        if in_place(c, span) {
-            continue;
+/// The columns a block gathers (those `make_view` cannot read in place), in the order of
+/// their place in the files, and how many each step takes: eight 2-, 4- or 8-byte columns
+/// side by side in every row (a row-major matrix's) are transposed together at the vector
+/// levels; any other column is gathered alone. The same for every block of a query.
+struct GatherPlan {
+    /// Input slots, by (file, offset).
+    inputs: Vec<usize>,
+    /// How many of `inputs` each step takes, in order: 1 or 8.
+    steps: Vec<usize>,
+}
+
+impl GatherPlan {
+    fn new(prog: &FusedProgram, ds: &Dataset, level: Level) -> GatherPlan {
+        let col = |i: usize| &ds.columns()[prog.inputs[i]];
+        let mut inputs: Vec<usize> = (0..prog.inputs.len()).filter(|&i| !zero_copy(col(i))).collect();
+        inputs.sort_unstable_by_key(|&i| (col(i).file, col(i).offset));
+        // Column k of the eight holds row r's value at `first.offset + r * stride + size * k`.
+        let side_by_side = |eight: &[usize]| {
+            let first = col(eight[0]);
+            let size = first.dtype.size() as u64;
+            matches!(size, 2 | 4 | 8)
+                && eight.iter().enumerate().all(|(k, &i)| {
+                    let c = col(i);
+                    c.file == first.file
+                        && c.stride == first.stride
+                        && c.dtype.size() as u64 == size
+                        && c.offset == first.offset + size * k as u64
+                })
+        };
+        let vector = cfg!(target_arch = "x86_64") && level != Level::Base;
+        let mut steps = Vec::new();
+        let mut j = 0;
+        while j < inputs.len() {
+            let take = if vector && j + 8 <= inputs.len() && side_by_side(&inputs[j..j + 8]) { 8 } else { 1 };
+            steps.push(take);
+            j += take;
         }
-        let size = prep.dtypes[i].size();
-        buf.resize((n * size).div_ceil(8), 0);
-        cols.push((span, c.stride as usize, size, &mut bytemuck::cast_slice_mut(buf.as_mut_slice())[..n * size]));
+        GatherPlan { inputs, steps }
     }
-    if cols.is_empty() {
+}
+
+/// A gathered column's rows in a block: `size`-byte values `stride` bytes apart from the
+/// start of `rows`, to be packed into `dst`.
+struct Strided<'a> {
+    rows: &'a [u8],
+    stride: usize,
+    size: usize,
+    dst: &'a mut [u8],
+}
+
+/// Gathers rows `[r0, r0+n)` of the columns of `prep`'s gather plan into their buffers in
+/// `bufs`, 64 rows at a time across all of them: the columns of a row-major matrix share
+/// their rows' cache lines, which are then read from memory once rather than once per
+/// column, and the plan's runs of eight are transposed (statistics of all columns of a
+/// [4M, 64] f32 .npy matrix: 0.30 s with one memmove call per element, 0.14 s with
+/// `gather`'s loops per element size, 0.104 s in chunks, 0.067 s with the transposes).
+#[inline(always)]
+fn gather_block(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, bufs: &mut [Vec<u64>]) {
+    let plan = &prep.gather;
+    if plan.inputs.is_empty() || n == 0 {
         return;
+    }
+    let mut bufs: Vec<Option<&mut Vec<u64>>> = bufs.iter_mut().map(Some).collect();
+    let mut cols: Vec<Strided> = Vec::with_capacity(plan.inputs.len());
+    for &i in &plan.inputs {
+        let c = prep.prog.inputs[i];
+        let size = prep.dtypes[i].size();
+        let buf = bufs[i].take().expect("an input slot appears once in the plan");
+        buf.resize((n * size).div_ceil(8), 0);
+        let dst = &mut bytemuck::cast_slice_mut(buf.as_mut_slice())[..n * size];
+        cols.push(Strided { rows: ds.column_span(c, r0, r0 + n as u64), stride: ds.columns()[c].stride as usize, size, dst });
     }
     // 64 rows of a [N, 64] f32 matrix are 16 KiB, L1-resident while every column takes
     // its values (16 rows ran 8 % slower, all rows at once, as before, 25 %).
     const ROWS: usize = 64;
-    // In address order, eight 2-, 4- or 8-byte columns side by side in every row (a
-    // matrix's) are transposed together.
-    cols.sort_unstable_by_key(|c| c.0.as_ptr() as usize);
-    let side_by_side = |c: &[(&[u8], usize, usize, &mut [u8])]| {
-        let (stride, size) = (c[0].1, c[0].2);
-        c.len() == 8
-            && matches!(size, 2 | 4 | 8)
-            && c.iter()
-                .enumerate()
-                .all(|(k, x)| x.2 == size && x.1 == stride && x.0.as_ptr() as usize == c[0].0.as_ptr() as usize + size * k)
-    };
-    let vector = cfg!(target_arch = "x86_64") && level != Level::Base;
     for start in (0..n).step_by(ROWS) {
         let m = ROWS.min(n - start);
         let mut rest = &mut cols[..];
-        while !rest.is_empty() {
-            let take = if vector && rest.len() >= 8 && side_by_side(&rest[..8]) { 8 } else { 1 };
+        for &take in &plan.steps {
             let (now, later) = rest.split_at_mut(take);
             rest = later;
             #[cfg(target_arch = "x86_64")]
             if let [a, b, c, d, e, f, g, h] = now {
-                let (stride, size) = (a.1, a.2);
-                let first = a.0[start * stride..].as_ptr();
-                let dst = [a, b, c, d, e, f, g, h].map(|x| &mut x.3[start * size..]);
-                // SAFETY: `level()` saw AVX2 on this CPU; row r's 8 * size bytes from
-                // `first` are the eight columns' values of row start + r, each inside its
-                // column's span.
+                let (stride, size) = (a.stride, a.size);
+                let first = a.rows[start * stride..].as_ptr();
+                let dst = [a, b, c, d, e, f, g, h].map(|x| &mut x.dst[start * size..]);
+                // SAFETY: the plan takes eight only at the vector levels, where `level()`
+                // saw AVX2; row r's 8 * size bytes from `first` are the eight columns'
+                // values of row start + r, each inside its column's span.
                 unsafe {
                     match size {
                         2 => cpu_simd::transpose8_u16(first, stride, m, dst),
@@ -656,8 +700,8 @@ fn gather_block(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, bufs: &mut [Ve
                 };
                 continue;
             }
-            for (span, stride, size, dst) in now.iter_mut() {
-                gather(&span[start * *stride..], *stride, *size, m, &mut dst[start * *size..]);
+            for x in now.iter_mut() {
+                gather(&x.rows[start * x.stride..], x.stride, x.size, m, &mut x.dst[start * x.size..]);
             }
         }
     }
@@ -745,7 +789,7 @@ fn run_block_impl(
     let Scratch { gather, conv, regs, hists, codes, order, gbuf, lanes, infs, sel, keys, slots, key_table, key_map, fbuf, dbuf, hbuf } = s;
     // A loop, not a closure: a closure is a function of its own, compiled without this
     // function's target features (the f16/bf16 conversions would not vectorize).
-    gather_block(prep, ds, r0, n, gather, level);
+    gather_block(prep, ds, r0, n, gather);
     let mut views: Vec<View> = Vec::with_capacity(gather.len());
     for (i, (buf, cv)) in gather.iter_mut().zip(conv.iter_mut()).enumerate() {
         views.push(make_view(ds, prog.inputs[i], prep.dtypes[i], r0, n, buf, cv, level));
@@ -1416,7 +1460,7 @@ fn group_block<'a>(
     // f32 columns: row by row into per-group accumulators when the groups are few enough
     // for those to stay in cache, else gathered into group order (below).
     let f32_cols: Vec<&[f32]> = sources.iter().filter_map(|v| if let View::F32(x) = *v { Some(x) } else { None }).collect();
-    let mut row_wise = if level != Level::Base && g <= ROW_GROUPS_MAX && f32_cols.len() >= ROW_COLUMNS_MIN {
+    let mut row_wise = if level != Level::Base && g <= ROW_GROUPS_MAX {
         group_rows_f32(level, &f32_cols, slots, &rows, g, lanes, infs).into_iter()
     } else {
         Vec::new().into_iter()
@@ -1561,15 +1605,13 @@ fn group_order(slots: &[u32], rows: &[u64], start: &mut Vec<usize>, order: &mut 
 /// Most groups in a block for the row-wise kernel (its accumulators, 320 bytes per group,
 /// stay in the L2 cache).
 const ROW_GROUPS_MAX: usize = 4096;
-/// Fewest f32 columns for the row-wise kernel: with fewer, most of its lanes would idle and
-/// gathering each column into group order is faster.
-const ROW_COLUMNS_MIN: usize = 1;
 
 /// Per-group statistics of f32 columns (result `[column][group]`), `GW` columns at a time
 /// by the row-wise kernel (AVX-512 or AVX2; a pass of four columns or fewer by the AVX2
 /// four-lane one, which stores half the accumulator bytes per row: 12-14 % faster group-bys
-/// of 2-4 columns, measured), so every group's sums run in row order (as the CUDA kernel's). `slots[i]` is row i's group,
-/// `u32::MAX` for an unselected row; `rows[j]` the selected rows of group j.
+/// of 1-4 columns, measured), so every group's sums run in row order (as the CUDA
+/// kernel's). `slots[i]` is row i's group, `u32::MAX` for an unselected row; `rows[j]` the
+/// selected rows of group j.
 #[inline(always)]
 fn group_rows_f32(
     level: Level,
