@@ -118,6 +118,12 @@ pub(crate) struct Prepared {
     unit: u64,
     /// How each block gathers the columns it cannot read in place.
     gather: GatherPlan,
+    /// Per statistics entry: read in place from the mapping (an input column stored
+    /// contiguously in a type the kernels take as is) in a pass without filter or key, so a
+    /// task of several blocks runs it column by column after the blocks' other work
+    /// (`run_group`). With a filter, grouping measured slower (the filter's columns are
+    /// read twice, the masks kept per block).
+    direct: Vec<bool>,
     /// Per-thread buffers kept between tiles.
     scratch: std::sync::Mutex<Vec<Scratch>>,
 }
@@ -191,11 +197,13 @@ impl Cpu {
             }
         }
         let level = self.level;
+        let threads = self.pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+        let group = group_blocks(prep, nblocks, threads);
         let work = || {
+            let mut per_block = per_block;
             per_block
-                .into_par_iter()
+                .par_chunks_mut(group)
                 .enumerate()
-                .with_min_len(2)
                 .fold(
                     || {
                         (
@@ -203,11 +211,11 @@ impl Cpu {
                             Vec::new(),
                         )
                     },
-                    |(mut s, mut done), (b, mut outs)| {
-                        let r0 = tile.start + b as u64 * unit;
-                        let n = (tile.end - r0).min(unit) as usize;
-                        let r = run_block(level, prep, ds, r0, n, &mut s, &mut outs);
-                        done.push((b, r));
+                    |(mut s, mut done), (g, outs)| {
+                        let r0 = tile.start + (g * group) as u64 * unit;
+                        let rows = (tile.end - r0).min(unit * outs.len() as u64) as usize;
+                        let parts = run_group(level, prep, ds, r0, rows, &mut s, outs);
+                        done.extend(parts.into_iter().enumerate().map(|(j, r)| (g * group + j, r)));
                         (s, done)
                     },
                 )
@@ -267,12 +275,26 @@ impl Backend for Cpu {
         let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
         let steps = plan_steps(prog, &dtypes);
         let gather = GatherPlan::new(prog, ds, self.level);
+        let direct = prog
+            .stats
+            .iter()
+            .map(|src| match *src {
+                Source::Slot(i) => {
+                    prog.key.is_none()
+                        && prog.mask.is_none()
+                        && zero_copy(&ds.columns()[prog.inputs[i]])
+                        && !matches!(dtypes[i], DType::F16 | DType::BF16)
+                }
+                Source::Reg(_) => false,
+            })
+            .collect();
         Ok(Prepared {
             prog: prog.clone(),
             dtypes,
             steps,
             unit: self.unit_rows(prog, ds),
             gather,
+            direct,
             scratch: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -544,19 +566,26 @@ fn make_view<'a>(
     let size = dtype.size();
     let span = ds.column_span(col, r0, r0 + n as u64);
     let bytes: &'a [u8] = if in_place(c, span) { span } else { &bytemuck::cast_slice(buf.as_slice())[..n * size] };
+    if let DType::F16 | DType::BF16 = dtype {
+        conv.resize(n, 0.0);
+        let (src, dst) = (bytemuck::cast_slice::<u8, u16>(bytes), &mut conv[..n]);
+        if dtype == DType::BF16 {
+            bf16_to_f32(src, dst)
+        } else {
+            f16_to_f32(src, dst, level)
+        }
+        return View::F32(&conv[..n]);
+    }
+    typed_view(bytes, dtype)
+}
+
+/// Packed values of a type the kernels take as they are (not f16/bf16, which `make_view`
+/// converts) as a view.
+#[inline(always)]
+fn typed_view(bytes: &[u8], dtype: DType) -> View<'_> {
     match dtype {
         DType::F32 => View::F32(bytemuck::cast_slice(bytes)),
         DType::F64 => View::F64(bytemuck::cast_slice(bytes)),
-        DType::F16 | DType::BF16 => {
-            conv.resize(n, 0.0);
-            let (src, dst) = (bytemuck::cast_slice::<u8, u16>(bytes), &mut conv[..n]);
-            if dtype == DType::BF16 {
-                bf16_to_f32(src, dst)
-            } else {
-                f16_to_f32(src, dst, level)
-            }
-            View::F32(&conv[..n])
-        }
         DType::I8 => View::I8(bytemuck::cast_slice(bytes)),
         DType::U8 | DType::Bool => View::U8(bytes),
         DType::I16 => View::I16(bytemuck::cast_slice(bytes)),
@@ -565,6 +594,7 @@ fn make_view<'a>(
         DType::U32 => View::U32(bytemuck::cast_slice(bytes)),
         DType::I64 => View::I64(bytemuck::cast_slice(bytes)),
         DType::U64 => View::U64(bytemuck::cast_slice(bytes)),
+        DType::F16 | DType::BF16 => unreachable!("make_view converts halves, and Prepared::direct excludes them"),
     }
 }
 
@@ -741,40 +771,110 @@ fn gather_sized<const SIZE: usize>(src: &[u8], stride: usize, rows: impl Iterato
     }
 }
 
-fn run_block(
+/// Blocks one task runs: up to `GROUP_BLOCKS` when statistics read columns in place (a
+/// task reads each such column's rows of all its blocks in one stretch: 5-8 % faster
+/// statistics over eight columns than block after block, where every block switches
+/// between eight streams), else 2; fewer when the tile is small, so that every thread gets
+/// several tasks. Only the scheduling: every block still has its own partial.
+fn group_blocks(prep: &Prepared, nblocks: usize, threads: usize) -> usize {
+    if !prep.direct.contains(&true) {
+        return 2;
+    }
+    (nblocks / (4 * threads.max(1))).clamp(1, GROUP_BLOCKS)
+}
+
+/// At most this many blocks per task (`group_blocks`): 16 blocks of 8,192 rows are 512 KiB
+/// of an f32 column (8 and 32 measured the same; larger tasks leave threads idle longer at
+/// the end of a tile).
+const GROUP_BLOCKS: usize = 16;
+
+/// Runs consecutive blocks from row `r0` (`rows` rows, whole blocks but the tile's last)
+/// with the CPU's widest instructions; `outs[j]` receives block j's output columns. One
+/// partial per block.
+fn run_group(
     level: Level,
     prep: &Prepared,
     ds: &Dataset,
     r0: u64,
-    n: usize,
+    rows: usize,
     s: &mut Scratch,
-    outs: &mut [&mut [u8]],
-) -> Result<BlockPartial> {
+    outs: &mut [Vec<&mut [u8]>],
+) -> Vec<Result<BlockPartial>> {
     #[cfg(target_arch = "x86_64")]
     {
         match level {
             // SAFETY: `level()` saw these features on this CPU.
-            Level::Avx512 => return unsafe { run_block_avx512(prep, ds, r0, n, s, outs) },
+            Level::Avx512 => return unsafe { run_group_avx512(prep, ds, r0, rows, s, outs) },
             // SAFETY: as above.
-            Level::Avx2 => return unsafe { run_block_avx2(prep, ds, r0, n, s, outs) },
+            Level::Avx2 => return unsafe { run_group_avx2(prep, ds, r0, rows, s, outs) },
             Level::Base => {}
         }
     }
-    run_block_impl(Level::Base, prep, ds, r0, n, s, outs)
+    run_group_impl(Level::Base, prep, ds, r0, rows, s, outs)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt")]
-fn run_block_avx512(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scratch, outs: &mut [&mut [u8]]) -> Result<BlockPartial> {
-    run_block_impl(Level::Avx512, prep, ds, r0, n, s, outs)
+fn run_group_avx512(
+    prep: &Prepared,
+    ds: &Dataset,
+    r0: u64,
+    rows: usize,
+    s: &mut Scratch,
+    outs: &mut [Vec<&mut [u8]>],
+) -> Vec<Result<BlockPartial>> {
+    run_group_impl(Level::Avx512, prep, ds, r0, rows, s, outs)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt")]
-fn run_block_avx2(prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scratch, outs: &mut [&mut [u8]]) -> Result<BlockPartial> {
-    run_block_impl(Level::Avx2, prep, ds, r0, n, s, outs)
+fn run_group_avx2(
+    prep: &Prepared,
+    ds: &Dataset,
+    r0: u64,
+    rows: usize,
+    s: &mut Scratch,
+    outs: &mut [Vec<&mut [u8]>],
+) -> Vec<Result<BlockPartial>> {
+    run_group_impl(Level::Avx2, prep, ds, r0, rows, s, outs)
 }
 
+/// Every block's work but the in-place statistics, block after block, then the in-place
+/// statistics column after column.
+#[inline(always)]
+fn run_group_impl(
+    level: Level,
+    prep: &Prepared,
+    ds: &Dataset,
+    r0: u64,
+    rows: usize,
+    s: &mut Scratch,
+    outs: &mut [Vec<&mut [u8]>],
+) -> Vec<Result<BlockPartial>> {
+    let unit = prep.unit as usize;
+    let mut parts = Vec::with_capacity(outs.len());
+    for (j, o) in outs.iter_mut().enumerate() {
+        let n = (rows - j * unit).min(unit);
+        parts.push(run_block_impl(level, prep, ds, r0 + (j * unit) as u64, n, s, o));
+    }
+    for (k, src) in prep.prog.stats.iter().enumerate() {
+        let Source::Slot(i) = *src else { continue };
+        if !prep.direct[k] {
+            continue;
+        }
+        for (j, part) in parts.iter_mut().enumerate() {
+            let Ok(part) = part else { continue };
+            let n = (rows - j * unit).min(unit);
+            let b0 = r0 + (j * unit) as u64;
+            let view = typed_view(ds.column_span(prep.prog.inputs[i], b0, b0 + n as u64), prep.dtypes[i]);
+            part.stats[k] = view_stats(view, None, n as u64, prep.prog.finite_range, level);
+        }
+    }
+    parts
+}
+
+/// One block of `n` rows from row `r0`: everything but the in-place statistics (left at
+/// their defaults for `run_group_impl`).
 #[inline(always)]
 fn run_block_impl(
     level: Level,
@@ -826,13 +926,12 @@ fn run_block_impl(
         part.stats = vec![BlockStats::default(); prog.stats.len()];
     } else {
         part.stats.reserve(prog.stats.len());
-        for src in &prog.stats {
-            let st = match source_view(src) {
-                View::F32(x) if prog.finite_range => stats_f32_any::<true>(x, mask, selected, level),
-                View::F32(x) => stats_f32_any::<false>(x, mask, selected, level),
-                other => on_view!(other, x => stats_any(x, mask)),
-            };
-            part.stats.push(st);
+        for (src, &direct) in prog.stats.iter().zip(&prep.direct) {
+            part.stats.push(if direct {
+                BlockStats::default()
+            } else {
+                view_stats(source_view(src), mask, selected, prog.finite_range, level)
+            });
         }
     }
     for (h, acc) in prog.hists.iter().zip(hists.iter_mut()) {
@@ -860,6 +959,16 @@ fn run_block_impl(
         }
     }
     Ok(part)
+}
+
+/// A block's statistics of one source (`selected`: rows the mask keeps).
+#[inline(always)]
+fn view_stats(view: View, mask: Option<&[u8]>, selected: u64, finite_range: bool, level: Level) -> BlockStats {
+    match view {
+        View::F32(x) if finite_range => stats_f32_any::<true>(x, mask, selected, level),
+        View::F32(x) => stats_f32_any::<false>(x, mask, selected, level),
+        other => on_view!(other, x => stats_any(x, mask)),
+    }
 }
 
 /// Rows a mask keeps. Mask bytes are 0 or 1 (comparisons and logic ops write nothing
@@ -1014,10 +1123,59 @@ fn load_bool<T: Elem>(x: &[T], o: &mut [u8]) {
 /// Statistics of one block of values; `mask` selects rows.
 #[inline(always)]
 fn stats_any<T: Elem>(x: &[T], mask: Option<&[u8]>) -> BlockStats {
-    let pivot = first_finite(x, mask, |v| !v.is_nan() && !v.is_inf()).map_or(0.0, |v| v.f64());
+    let first = first_finite(x, mask, |v| !v.is_nan() && !v.is_inf());
+    if !T::FLOAT && std::mem::size_of::<T>() <= 2 && x.len() <= SMALL_INT_ROWS {
+        let pivot = first.map_or(0, |v| v.i64());
+        return match mask {
+            None => small_int_stats::<T, false>(x, &[], pivot),
+            Some(m) => small_int_stats::<T, true>(x, m, pivot),
+        };
+    }
+    let pivot = first.map_or(0.0, |v| v.f64());
     match mask {
         None => stats_lanes::<T, false>(x, &[], pivot),
         Some(m) => stats_lanes::<T, true>(x, m, pivot),
+    }
+}
+
+/// Most rows `small_int_stats` takes: 65,536 squares of differences of 16-bit integers
+/// (each below 2^32) sum to less than 2^53.
+const SMALL_INT_ROWS: usize = 1 << 16;
+
+/// `stats_lanes` for 8- and 16-bit integers, in integer sums: `x - pivot`, its square and
+/// every partial sum of either are integers below 2^53, exact in f64 too, so these are the
+/// same values `stats_lanes` gives (tested), several times faster (integer lanes, no
+/// NaN/inf classification, one pass for the exact bounds).
+#[inline(always)]
+fn small_int_stats<T: Elem, const MASKED: bool>(x: &[T], mask: &[u8], pivot: i64) -> BlockStats {
+    let (mut count, mut s, mut s2, mut lo, mut hi) = (0u64, 0i64, 0u64, i64::MAX, i64::MIN);
+    for (i, &v) in x.iter().enumerate() {
+        let on = !MASKED || mask[i] != 0;
+        let v = v.i64();
+        let d = if on { v - pivot } else { 0 };
+        count += on as u64;
+        s += d;
+        s2 += (d * d) as u64;
+        lo = lo.min(if on { v } else { i64::MAX });
+        hi = hi.max(if on { v } else { i64::MIN });
+    }
+    if count == 0 {
+        return BlockStats { pivot: pivot as f64, ..BlockStats::default() };
+    }
+    let (min, max) = (lo as f64, hi as f64);
+    BlockStats {
+        count,
+        nan: 0,
+        inf: 0,
+        pivot: pivot as f64,
+        sum_d: s as f64,
+        sum_d2: s2 as f64,
+        min,
+        max,
+        fmin: min,
+        fmax: max,
+        imin: lo as i128,
+        imax: hi as i128,
     }
 }
 
@@ -1200,7 +1358,8 @@ fn reduce_lanes<const MASKED: bool, const FINITE: bool>(x: &[f32], mask: &[u8], 
 }
 
 /// The stats kernel: 8 independent lanes of f64 sums of `x - pivot` and its square.
-/// Written without closures so that the whole loop inherits the caller's target features.
+/// Written without closures so that the whole loop inherits the caller's target features;
+/// prefetching (statistics of eight f64 columns ran 1.2 times faster with it).
 #[inline(always)]
 fn stats_lanes<T: Elem, const MASKED: bool>(x: &[T], mask: &[u8], pivot: f64) -> BlockStats {
     const L: usize = 8;
@@ -1217,6 +1376,11 @@ fn stats_lanes<T: Elem, const MASKED: bool>(x: &[T], mask: &[u8], pivot: f64) ->
     let full = n / L * L;
     let ones = [1u8; L];
     for i in (0..full).step_by(L) {
+        // Once per 64-byte line, 8 KiB ahead, whatever the element size.
+        let size = std::mem::size_of::<T>();
+        if size == 8 || (i * size).is_multiple_of(64) {
+            prefetch(x, i + PREFETCH_F32 * 4 / size);
+        }
         let xs: &[T; L] = x[i..i + L].try_into().expect("slice of L elements");
         let ms: &[u8; L] = if MASKED { mask[i..i + L].try_into().expect("slice of L elements") } else { &ones };
         for l in 0..L {

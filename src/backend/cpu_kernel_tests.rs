@@ -400,6 +400,43 @@ fn a_block_the_filter_drops_whole_gives_the_default_partial() {
     }
 }
 
+/// Integer sums of 8/16-bit columns give exactly what the f64 lanes give (the partial sums
+/// are integers below 2^53), with and without a mask, with the types' extremes, up to the
+/// largest block they take.
+#[test]
+fn small_integer_statistics_equal_the_f64_lanes_bit_for_bit() {
+    fn check<T: Elem>(rng: &mut Rng, n: usize, extremes: [T; 2], f: impl Fn(u64) -> T) {
+        let x: Vec<T> = (0..n)
+            .map(|_| {
+                let r = rng.next_u64();
+                if r.is_multiple_of(7) { extremes[(r >> 8) as usize % 2] } else { f(r >> 16) }
+            })
+            .collect();
+        let keep = rng.uniform();
+        let mask: Vec<u8> = (0..n).map(|_| (rng.uniform() < keep) as u8).collect();
+        for m in [None, Some(mask.as_slice())] {
+            let first = first_finite(&x, m, |_| true);
+            let want = match m {
+                None => stats_lanes::<T, false>(&x, &[], first.map_or(0.0, |v| v.f64())),
+                Some(m) => stats_lanes::<T, true>(&x, m, first.map_or(0.0, |v| v.f64())),
+            };
+            let got = stats_any(&x, m);
+            let bits = |b: &BlockStats| {
+                (b.count, b.nan, b.inf, b.pivot.to_bits(), b.sum_d.to_bits(), b.sum_d2.to_bits(), b.min.to_bits(), b.max.to_bits())
+            };
+            assert_eq!(bits(&got), bits(&want), "n={n} {} masked={}", std::any::type_name::<T>(), m.is_some());
+            assert_eq!((got.fmin, got.fmax, got.imin, got.imax), (want.fmin, want.fmax, want.imin, want.imax), "n={n}");
+        }
+    }
+    let mut rng = Rng::new(test_seed());
+    for &n in SIZES.iter().chain(&[8193, 65_535, SMALL_INT_ROWS]) {
+        check::<u8>(&mut rng, n, [u8::MIN, u8::MAX], |r| r as u8);
+        check::<i8>(&mut rng, n, [i8::MIN, i8::MAX], |r| r as i8);
+        check::<u16>(&mut rng, n, [u16::MIN, u16::MAX], |r| r as u16);
+        check::<i16>(&mut rng, n, [i16::MIN, i16::MAX], |r| r as i16);
+    }
+}
+
 /// The pivot search (runs of 64 skipped by a vectorized test) finds the same value as a
 /// plain search, for masks from empty to full and columns from clean to all NaN/±inf.
 #[test]
