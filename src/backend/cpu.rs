@@ -967,8 +967,24 @@ fn view_stats(view: View, mask: Option<&[u8]>, selected: u64, finite_range: bool
     match view {
         View::F32(x) if finite_range => stats_f32_any::<true>(x, mask, selected, level),
         View::F32(x) => stats_f32_any::<false>(x, mask, selected, level),
+        View::F64(x) => stats_f64_any(x, mask, level),
         other => on_view!(other, x => stats_any(x, mask)),
     }
+}
+
+/// `stats_any` for f64 values, in AVX-512 registers where the CPU has them (the same bits).
+#[inline(always)]
+fn stats_f64_any(x: &[f64], mask: Option<&[u8]>, level: Level) -> BlockStats {
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512 {
+        let pivot = first_finite(x, mask, |v| v.is_finite()).unwrap_or(0.0);
+        // SAFETY: `level()` saw AVX-512 F/BW/VL/DQ on this CPU; the mask covers the block.
+        return match mask {
+            None => finish_lanes::<f64, false>(x, &[], pivot, unsafe { cpu_simd::stats_f64_lanes::<false>(x, &[], pivot) }),
+            Some(m) => finish_lanes::<f64, true>(x, m, pivot, unsafe { cpu_simd::stats_f64_lanes::<true>(x, m, pivot) }),
+        };
+    }
+    stats_any(x, mask)
 }
 
 /// Rows a mask keeps. Mask bytes are 0 or 1 (comparisons and logic ops write nothing
@@ -1402,7 +1418,31 @@ fn stats_lanes<T: Elem, const MASKED: bool>(x: &[T], mask: &[u8], pivot: f64) ->
             inf[l] += (ok & is_inf) as u32;
         }
     }
-    for i in full..n {
+    finish_lanes::<T, MASKED>(x, mask, pivot, Lanes8 { s, s2, mn, mx, fmn, fmx, cnt, sel, inf })
+}
+
+/// The per-lane state of `stats_lanes` after its whole steps (lane l holds the values at
+/// indices l mod 8).
+#[derive(Debug, PartialEq)]
+pub(crate) struct Lanes8 {
+    pub(crate) s: [f64; 8],
+    pub(crate) s2: [f64; 8],
+    pub(crate) mn: [f64; 8],
+    pub(crate) mx: [f64; 8],
+    pub(crate) fmn: [f64; 8],
+    pub(crate) fmx: [f64; 8],
+    pub(crate) cnt: [u32; 8],
+    pub(crate) sel: [u32; 8],
+    pub(crate) inf: [u32; 8],
+}
+
+/// `stats_lanes` from its lanes on: the tail (past the last whole step of 8, into lane 0),
+/// then the block's statistics.
+#[inline(always)]
+fn finish_lanes<T: Elem, const MASKED: bool>(x: &[T], mask: &[u8], pivot: f64, lanes: Lanes8) -> BlockStats {
+    let Lanes8 { mut s, mut s2, mut mn, mut mx, mut fmn, mut fmx, mut cnt, mut sel, mut inf } = lanes;
+    let n = x.len();
+    for i in n / 8 * 8..n {
         let v = x[i];
         let on = !MASKED || mask[i] != 0;
         let ok = on & !v.is_nan();

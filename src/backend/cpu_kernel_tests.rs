@@ -61,6 +61,42 @@ fn avx512_stats_kernel_is_bit_identical_to_the_portable_one() {
     }
 }
 
+/// The AVX-512 f64 statistics give the portable kernel's bits, with NaN, ±inf, ±0, huge
+/// and denormal values, with and without a mask, at sizes around the 8-value step.
+#[test]
+fn avx512_f64_stats_are_bit_identical_to_the_portable_ones() {
+    if !has_avx512() {
+        return;
+    }
+    let mut rng = Rng::new(test_seed());
+    for &n in SIZES.iter().chain(&[7, 8, 9, 8193]) {
+        for (nan_rate, clean) in [(0.0, true), (0.05, true), (0.05, false), (1.0, false)] {
+            // Without infinities and huge values (`clean`) the sums stay finite, so that every
+            // rounding shows.
+            let x: Vec<f64> = (0..n)
+                .map(|_| {
+                    let v = match (rng.uniform() * 30.0) as u32 {
+                        0 if !clean => 1e300 * (rng.uniform() - 0.5),
+                        1 => f64::from_bits(1 + rng.next_u64() % (1 << 52)),
+                        // Not an f32 (but zeros stay zeros).
+                        _ => value(&mut rng, nan_rate) as f64 * (1.0 + rng.uniform() * 1e-12),
+                    };
+                    if clean && v.abs() > 1e30 { rng.normal() } else { v }
+                })
+                .collect();
+            // And signed zeros as the minimum (even n) or maximum (odd n): which zero a tie
+            // keeps shows.
+            let other = if n % 2 == 0 { 1.0 } else { -1.0 };
+            let zeros: Vec<f64> = (0..n).map(|_| [0.0, -0.0, other][(rng.uniform() * 3.0) as usize]).collect();
+            let mask: Vec<u8> = (0..n).map(|_| (rng.uniform() < 0.6) as u8).collect();
+            for (m, x) in [(None, &x), (Some(&mask[..]), &x), (None, &zeros)] {
+                let what = format!("n={n} nan_rate={nan_rate} clean={clean} masked={}", m.is_some());
+                assert_eq!(format!("{:?}", stats_f64_any(x, m, Level::Avx512)), format!("{:?}", stats_any(x, m)), "{what}");
+            }
+        }
+    }
+}
+
 /// Per-group statistics by the obvious loop: rows in order, each shifted by its group's
 /// first finite value, sums in f64.
 fn reference_groups(cols: &[Vec<f32>], slots: &[u32], g: usize) -> Vec<Vec<BlockStats>> {

@@ -9,7 +9,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::cpu::LaneStats;
+use super::cpu::{LaneStats, Lanes8};
 
 /// Columns one pass of the row-wise group kernel updates per row.
 pub(crate) const GW: usize = 8;
@@ -363,6 +363,71 @@ pub(crate) unsafe fn stats_f32<const MASKED: bool, const FINITE: bool>(x: &[f32]
         a
     };
     LaneStats { count, s: lanes(s_lo, s_hi), s2: lanes(s2_lo, s2_hi), mn: f32s(mn), mx: f32s(mx), fmn: f32s(fmn), fmx: f32s(fmx) }
+}
+
+/// The whole steps of `cpu::stats_lanes` over f64 values, one AVX-512 register per lane
+/// array: the same operations lane by lane (a subtraction, then a product and a sum, never
+/// fused; min/max keep the old value unless the new one is smaller/larger), so the same
+/// lanes. Statistics of f64 columns ran ~1.2 times faster than the compiler's vectorization
+/// of the portable loop.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/DQ; `mask.len() >= x.len()` when `MASKED`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,popcnt")]
+pub(crate) unsafe fn stats_f64_lanes<const MASKED: bool>(x: &[f64], mask: &[u8], pivot: f64) -> Lanes8 {
+    assert!(!MASKED || mask.len() >= x.len(), "stats_f64_lanes: mask shorter than the values");
+    let full = x.len() / 8 * 8;
+    let piv = _mm512_set1_pd(pivot);
+    let (mut s, mut s2) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+    let (mut mn, mut mx) = (_mm512_set1_pd(f64::INFINITY), _mm512_set1_pd(f64::NEG_INFINITY));
+    let (mut fmn, mut fmx) = (mn, mx);
+    let (mut cnt, mut sel, mut inf) = (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512());
+    let one = _mm512_set1_epi64(1);
+    let mut i = 0;
+    while i < full {
+        super::cpu::prefetch(x, i + super::cpu::PREFETCH_F32 / 2);
+        // SAFETY: i + 8 <= full <= x.len() (and mask.len()).
+        let (v, on) = unsafe {
+            let v = _mm512_loadu_pd(x.as_ptr().add(i));
+            let on = if MASKED {
+                let m = _mm_loadl_epi64(mask.as_ptr().add(i) as *const __m128i);
+                _mm_test_epi8_mask(m, m) as u8
+            } else {
+                0xFF
+            };
+            (v, on)
+        };
+        let ok = _mm512_mask_cmp_pd_mask::<_CMP_ORD_Q>(on, v, v);
+        let d = _mm512_maskz_sub_pd(ok, v, piv);
+        s = _mm512_add_pd(s, d);
+        s2 = _mm512_add_pd(s2, _mm512_mul_pd(d, d));
+        mn = _mm512_mask_min_pd(mn, ok, v, mn);
+        mx = _mm512_mask_max_pd(mx, ok, v, mx);
+        // fpclass 0x18: ±inf.
+        let is_inf = _mm512_fpclass_pd_mask::<0x18>(v);
+        let fin = ok & !is_inf;
+        fmn = _mm512_mask_min_pd(fmn, fin, v, fmn);
+        fmx = _mm512_mask_max_pd(fmx, fin, v, fmx);
+        cnt = _mm512_mask_add_epi64(cnt, ok, cnt, one);
+        sel = _mm512_mask_add_epi64(sel, on, sel, one);
+        inf = _mm512_mask_add_epi64(inf, ok & is_inf, inf, one);
+        i += 8;
+    }
+    let f = |z: __m512d| {
+        let mut a = [0f64; 8];
+        // SAFETY: `a` holds 8 f64.
+        unsafe { _mm512_storeu_pd(a.as_mut_ptr(), z) };
+        a
+    };
+    // Each count is at most x.len() / 8 + 1, far below u32::MAX for any block.
+    let c = |z: __m512i| {
+        let mut a = [0u64; 8];
+        // SAFETY: `a` holds 8 u64.
+        unsafe { _mm512_storeu_si512(a.as_mut_ptr() as *mut __m512i, z) };
+        a.map(|v| v as u32)
+    };
+    Lanes8 { s: f(s), s2: f(s2), mn: f(mn), mx: f(mx), fmn: f(fmn), fmx: f(fmx), cnt: c(cnt), sel: c(sel), inf: c(inf) }
 }
 
 /// Adds one row's values to its group, as `update` but with AVX2 only: the same operations
