@@ -1423,14 +1423,18 @@ fn stats_lanes<T: Elem, const MASKED: bool>(x: &[T], mask: &[u8], pivot: f64) ->
 
 /// The per-lane state of `stats_lanes` after its whole steps (lane l holds the values at
 /// indices l mod 8).
-#[derive(Debug, PartialEq)]
 pub(crate) struct Lanes8 {
+    /// Sums of `x - pivot` (0 for the values left out).
     pub(crate) s: [f64; 8],
+    /// Sums of its squares.
     pub(crate) s2: [f64; 8],
+    /// Minima and maxima of the selected non-NaN values.
     pub(crate) mn: [f64; 8],
     pub(crate) mx: [f64; 8],
+    /// The same of the finite ones.
     pub(crate) fmn: [f64; 8],
     pub(crate) fmx: [f64; 8],
+    /// Selected non-NaN values, selected values, selected infinities.
     pub(crate) cnt: [u32; 8],
     pub(crate) sel: [u32; 8],
     pub(crate) inf: [u32; 8],
