@@ -119,11 +119,15 @@ pub(crate) struct Prepared {
     /// How each block gathers the columns it cannot read in place.
     gather: GatherPlan,
     /// Per statistics entry: read in place from the mapping (an input column stored
-    /// contiguously in a type the kernels take as is) in a pass without filter or key, so a
+    /// contiguously in a type the kernels take as is: any but f16/bf16, and those too with
+    /// AVX-512, whose kernel widens them in registers) in a pass without filter or key, so a
     /// task of several blocks runs it column by column after the blocks' other work
     /// (`run_group`). With a filter, grouping measured slower (the filter's columns are
     /// read twice, the masks kept per block).
     direct: Vec<bool>,
+    /// Per input slot: read only by in-place statistics, so blocks make no view of it (an
+    /// f16/bf16 view would be converted for nothing).
+    direct_only: Vec<bool>,
     /// Per-thread buffers kept between tiles.
     scratch: std::sync::Mutex<Vec<Scratch>>,
 }
@@ -283,9 +287,20 @@ impl Backend for Cpu {
                     prog.key.is_none()
                         && prog.mask.is_none()
                         && zero_copy(&ds.columns()[prog.inputs[i]])
-                        && !matches!(dtypes[i], DType::F16 | DType::BF16)
+                        && (self.level == Level::Avx512 || !matches!(dtypes[i], DType::F16 | DType::BF16))
                 }
                 Source::Reg(_) => false,
+            })
+            .collect::<Vec<bool>>();
+        let direct_only = (0..prog.inputs.len())
+            .map(|i| {
+                let slot = |src: &Source| *src == Source::Slot(i);
+                let other_use = prog.key == Some(i)
+                    || prog.instrs.iter().any(|ins| matches!(ins, Instr::Load { slot, .. } if *slot == i))
+                    || prog.hists.iter().any(|h| slot(&h.source))
+                    || prog.outputs.iter().any(|o| slot(&o.source))
+                    || prog.stats.iter().zip(&direct).any(|(src, &d)| !d && slot(src));
+                !other_use && prog.stats.iter().any(slot)
             })
             .collect();
         Ok(Prepared {
@@ -295,6 +310,7 @@ impl Backend for Cpu {
             unit: self.unit_rows(prog, ds),
             gather,
             direct,
+            direct_only,
             scratch: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -594,7 +610,7 @@ fn typed_view(bytes: &[u8], dtype: DType) -> View<'_> {
         DType::U32 => View::U32(bytemuck::cast_slice(bytes)),
         DType::I64 => View::I64(bytemuck::cast_slice(bytes)),
         DType::U64 => View::U64(bytemuck::cast_slice(bytes)),
-        DType::F16 | DType::BF16 => unreachable!("make_view converts halves, and Prepared::direct excludes them"),
+        DType::F16 | DType::BF16 => unreachable!("make_view converts halves; the in-place pass reads them with wide_stats"),
     }
 }
 
@@ -866,8 +882,15 @@ fn run_group_impl(
             let Ok(part) = part else { continue };
             let n = (rows - j * unit).min(unit);
             let b0 = r0 + (j * unit) as u64;
-            let view = typed_view(ds.column_span(prep.prog.inputs[i], b0, b0 + n as u64), prep.dtypes[i]);
-            part.stats[k] = view_stats(view, None, n as u64, prep.prog.finite_range, level);
+            let span = ds.column_span(prep.prog.inputs[i], b0, b0 + n as u64);
+            let finite = prep.prog.finite_range;
+            part.stats[k] = match prep.dtypes[i] {
+                #[cfg(target_arch = "x86_64")]
+                DType::F16 => wide_stats::<half::f16>(bytemuck::cast_slice(span), finite),
+                #[cfg(target_arch = "x86_64")]
+                DType::BF16 => wide_stats::<half::bf16>(bytemuck::cast_slice(span), finite),
+                d => view_stats(typed_view(span, d), None, n as u64, finite, level),
+            };
         }
     }
     parts
@@ -892,7 +915,7 @@ fn run_block_impl(
     gather_block(prep, ds, r0, n, gather);
     let mut views: Vec<View> = Vec::with_capacity(gather.len());
     for (i, (buf, cv)) in gather.iter_mut().zip(conv.iter_mut()).enumerate() {
-        views.push(make_view(ds, prog.inputs[i], prep.dtypes[i], r0, n, buf, cv, level));
+        views.push(if prep.direct_only[i] { View::U8(&[]) } else { make_view(ds, prog.inputs[i], prep.dtypes[i], r0, n, buf, cv, level) });
     }
 
     eval_instrs(prog, &prep.steps, &views, regs, n);
@@ -959,6 +982,22 @@ fn run_block_impl(
         }
     }
     Ok(part)
+}
+
+/// Statistics of f16/bf16 values read in place, widened in the AVX-512 kernel's registers:
+/// the same bits as over the converted values (`Prepared::direct` takes halves only at
+/// that level).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn wide_stats<H: cpu_simd::Wide16 + Into<f32>>(x: &[H], finite: bool) -> BlockStats {
+    let pivot = first_finite(x, None, |v| v.into().is_finite()).map_or(0.0, |v| v.into() as f64);
+    let n = x.len() as u64;
+    // SAFETY (both): `level()` saw AVX-512 F/BW/VL/DQ and F16C on this CPU.
+    if finite {
+        reduce_lanes::<H, false, true>(x, &[], pivot, n, unsafe { cpu_simd::stats_f32::<H, false, true>(x, &[], pivot) })
+    } else {
+        reduce_lanes::<H, false, false>(x, &[], pivot, n, unsafe { cpu_simd::stats_f32::<H, false, false>(x, &[], pivot) })
+    }
 }
 
 /// A block's statistics of one source (`selected`: rows the mask keeps).
@@ -1240,26 +1279,32 @@ fn stats_f32_any<const FINITE: bool>(x: &[f32], mask: Option<&[u8]>, selected: u
     if level == Level::Avx512 {
         // SAFETY: `level()` saw AVX-512 F/BW/VL/DQ on this CPU; the mask covers the block.
         return match mask {
-            None => {
-                reduce_lanes::<false, FINITE>(x, &[], pivot, x.len() as u64, unsafe { cpu_simd::stats_f32::<false, FINITE>(x, &[], pivot) })
+            None => reduce_lanes::<_, false, FINITE>(x, &[], pivot, x.len() as u64, unsafe {
+                cpu_simd::stats_f32::<f32, false, FINITE>(x, &[], pivot)
+            }),
+            Some(m) => {
+                reduce_lanes::<_, true, FINITE>(x, m, pivot, selected, unsafe { cpu_simd::stats_f32::<f32, true, FINITE>(x, m, pivot) })
             }
-            Some(m) => reduce_lanes::<true, FINITE>(x, m, pivot, selected, unsafe { cpu_simd::stats_f32::<true, FINITE>(x, m, pivot) }),
         };
     }
     #[cfg(target_arch = "x86_64")]
     if level == Level::Avx2 {
         // SAFETY: `level()` saw AVX2 on this CPU; the mask covers the block.
         return match mask {
-            None => reduce_lanes::<false, FINITE>(
+            None => reduce_lanes::<_, false, FINITE>(
                 x,
                 &[],
                 pivot,
                 x.len() as u64,
                 unsafe { cpu_simd::stats_f32_avx2::<false, FINITE>(x, &[], pivot) }.into(),
             ),
-            Some(m) => {
-                reduce_lanes::<true, FINITE>(x, m, pivot, selected, unsafe { cpu_simd::stats_f32_avx2::<true, FINITE>(x, m, pivot) }.into())
-            }
+            Some(m) => reduce_lanes::<_, true, FINITE>(
+                x,
+                m,
+                pivot,
+                selected,
+                unsafe { cpu_simd::stats_f32_avx2::<true, FINITE>(x, m, pivot) }.into(),
+            ),
         };
     }
     match mask {
@@ -1320,7 +1365,7 @@ fn stats_f32_lanes<const MASKED: bool, const FINITE: bool>(x: &[f32], mask: &[u8
     }
     let count: u64 = cnt.iter().map(|&c| c as u64).sum();
     let lanes = LaneStats { count, s, s2, mn, mx, fmn, fmx };
-    reduce_lanes::<MASKED, FINITE>(x, mask, pivot, selected, lanes)
+    reduce_lanes::<_, MASKED, FINITE>(x, mask, pivot, selected, lanes)
 }
 
 /// Per-lane results of the f32 stats kernels (portable, AVX-512, and AVX2 padded to 16
@@ -1344,14 +1389,20 @@ pub(crate) struct LaneStats {
 
 /// The block's statistics from the f32 kernel's lanes (`selected`: rows the mask keeps).
 #[inline(always)]
-fn reduce_lanes<const MASKED: bool, const FINITE: bool>(x: &[f32], mask: &[u8], pivot: f64, selected: u64, lanes: LaneStats) -> BlockStats {
+fn reduce_lanes<T: Copy + Into<f32>, const MASKED: bool, const FINITE: bool>(
+    x: &[T],
+    mask: &[u8],
+    pivot: f64,
+    selected: u64,
+    lanes: LaneStats,
+) -> BlockStats {
     let LaneStats { count, s, s2, mn, mx, fmn, fmx } = lanes;
     const L: usize = 16;
     let n = x.len();
     // ±inf make the sum of squares infinite (finite f32 values cannot overflow it), so
     // infinities are counted only in the rare blocks that have them.
     let s2_finite = s2.iter().all(|v| v.is_finite());
-    let inf_count = if s2_finite { 0 } else { (0..n).filter(|&j| (!MASKED || mask[j] != 0) && x[j].is_infinite()).count() as u64 };
+    let inf_count = if s2_finite { 0 } else { (0..n).filter(|&j| (!MASKED || mask[j] != 0) && x[j].into().is_infinite()).count() as u64 };
     let sum = |a: &[f64; L]| {
         let h: [f64; 8] = std::array::from_fn(|j| a[j] + a[j + 8]);
         pairwise(&h)

@@ -61,6 +61,51 @@ fn avx512_stats_kernel_is_bit_identical_to_the_portable_one() {
     }
 }
 
+/// f16 and bf16 columns read in place (widened in the AVX-512 kernel's registers) give the
+/// bits of the same values converted to f32 first, with NaN, ±inf, ±0, subnormals and the
+/// types' extremes, with and without the finite bounds.
+#[test]
+fn halves_read_in_place_match_their_f32_conversions_bit_for_bit() {
+    if !has_avx512() {
+        return;
+    }
+    let mut rng = Rng::new(test_seed());
+    for &n in SIZES.iter().chain(&[8193]) {
+        for clean in [true, false] {
+            // Infinities (and bf16's huge values) make the sums infinite; without them every
+            // rounding shows.
+            let bits: Vec<u16> = (0..n)
+                .map(|_| {
+                    let r = rng.next_u64();
+                    match r % 13 {
+                        0 if !clean => 0x7C00 | ((r >> 8) as u16 & 0x8000),
+                        1 => (r >> 8) as u16 & 0x83FF,
+                        2 => (r >> 8) as u16 & 0x8000,
+                        3 if !clean => 0xFFFF,
+                        _ => (0x3C00 + ((r >> 16) as u16 & 0x0FFF)) | ((r >> 32) as u16 & 0x8000),
+                    }
+                })
+                .collect();
+            let f16s: &[half::f16] = bytemuck::cast_slice(&bits);
+            let bf16s: &[half::bf16] = bytemuck::cast_slice(&bits);
+            let wide: Vec<f32> = f16s.iter().map(|&h| h.to_f32()).collect();
+            let bwide: Vec<f32> = bf16s.iter().map(|&h| h.to_f32()).collect();
+            for finite in [false, true] {
+                let what = format!("n={n} clean={clean} finite={finite}");
+                let conv = |x: &[f32]| {
+                    if finite {
+                        stats_f32_any::<true>(x, None, n as u64, Level::Avx512)
+                    } else {
+                        stats_f32_any::<false>(x, None, n as u64, Level::Avx512)
+                    }
+                };
+                assert_eq!(format!("{:?}", wide_stats(f16s, finite)), format!("{:?}", conv(&wide)), "{what} f16");
+                assert_eq!(format!("{:?}", wide_stats(bf16s, finite)), format!("{:?}", conv(&bwide)), "{what} bf16");
+            }
+        }
+    }
+}
+
 /// The AVX-512 f64 statistics give the portable kernel's bits, with NaN, ±inf, ±0, huge
 /// and denormal values, with and without a mask, at sizes around the 8-value step.
 #[test]
@@ -284,8 +329,8 @@ fn avx2_stats_kernel_matches_its_lane_order_written_as_plain_loops() {
                 let got = stats_f32_any::<true>(&x, m, sel, Level::Avx2);
                 let lanes = lanes8_reference(&x, m, pivot);
                 let want = match m {
-                    None => reduce_lanes::<false, true>(&x, &[], pivot, sel, lanes.into()),
-                    Some(m) => reduce_lanes::<true, true>(&x, m, pivot, sel, lanes.into()),
+                    None => reduce_lanes::<_, false, true>(&x, &[], pivot, sel, lanes.into()),
+                    Some(m) => reduce_lanes::<_, true, true>(&x, m, pivot, sel, lanes.into()),
                 };
                 assert_eq!(format!("{got:?}"), format!("{want:?}"), "n={n} nan_rate={nan_rate} masked={}", m.is_some());
             }

@@ -272,6 +272,64 @@ unsafe fn update16<const NAN: bool>(lanes: &mut [GroupLanes], ks: &[u32; GR], g:
     add!(15, hi(7));
 }
 
+/// Values `stats_f32` reads 16 at a time as f32: f32 itself, and f16/bf16 widened exactly
+/// (but for a NaN's payload, which statistics never look at).
+#[cfg(target_arch = "x86_64")]
+pub(crate) trait Wide16: Copy {
+    /// 16 values from `p`, as f32.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL and F16C; 16 values readable at `p`.
+    unsafe fn load16(p: *const Self) -> __m512;
+    /// The `live` values of 16 from `p` (the others 0.0).
+    ///
+    /// # Safety
+    /// As `load16`, for the live lanes only.
+    unsafe fn load16_part(live: __mmask16, p: *const Self) -> __m512;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Wide16 for f32 {
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        // SAFETY: the caller's promise.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn load16_part(live: __mmask16, p: *const f32) -> __m512 {
+        // SAFETY: the caller's promise.
+        unsafe { _mm512_maskz_loadu_ps(live, p) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Wide16 for half::f16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const half::f16) -> __m512 {
+        // SAFETY: the caller's promise.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+    }
+    #[inline(always)]
+    unsafe fn load16_part(live: __mmask16, p: *const half::f16) -> __m512 {
+        // SAFETY: the caller's promise; zeroed halves widen to 0.0.
+        unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, p as *const i16)) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Wide16 for half::bf16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const half::bf16) -> __m512 {
+        // SAFETY: the caller's promise. A bf16 is the top half of an f32.
+        unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)))) }
+    }
+    #[inline(always)]
+    unsafe fn load16_part(live: __mmask16, p: *const half::bf16) -> __m512 {
+        // SAFETY: as above.
+        unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, p as *const i16)))) }
+    }
+}
+
 /// Sums, bounds and counts of a block of f32 values (rows whose `mask` byte is non-zero
 /// when `MASKED`), shifted by `pivot`: the portable `stats_f32_lanes` kernel of `cpu.rs`
 /// written with intrinsics, with the same 16 lanes (element `i` in lane `i % 16`), the same
@@ -280,9 +338,13 @@ unsafe fn update16<const NAN: bool>(lanes: &mut [GroupLanes], ks: &[u32; GR], g:
 ///
 /// # Safety
 /// The CPU must have AVX-512 F/BW/VL/DQ; `mask.len() >= x.len()` when `MASKED`.
+///
+/// It also reads f16 and bf16 values straight from their columns (`Wide16`), widened in
+/// registers: the same lanes as over the converted f32 values, without the conversion's
+/// buffer (statistics of eight bf16 columns ran ~2 times faster).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,popcnt")]
-pub(crate) unsafe fn stats_f32<const MASKED: bool, const FINITE: bool>(x: &[f32], mask: &[u8], pivot: f64) -> LaneStats {
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,popcnt,f16c")]
+pub(crate) unsafe fn stats_f32<S: Wide16, const MASKED: bool, const FINITE: bool>(x: &[S], mask: &[u8], pivot: f64) -> LaneStats {
     assert!(!MASKED || mask.len() >= x.len(), "stats_f32: mask shorter than the values");
     let n = x.len();
     let piv = _mm512_set1_pd(pivot);
@@ -300,7 +362,7 @@ pub(crate) unsafe fn stats_f32<const MASKED: bool, const FINITE: bool>(x: &[f32]
             let p = x.as_ptr().wrapping_add(i);
             // SAFETY: a whole step reads x[i..i + 16], inside `x`; a partial one reads only
             // the `live` lanes, all inside `x` (and `mask`).
-            let v = unsafe { if $whole { _mm512_loadu_ps(p) } else { _mm512_maskz_loadu_ps(live, p) } };
+            let v = unsafe { if $whole { S::load16(p) } else { S::load16_part(live, p) } };
             let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
             let hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(v));
             let on = if MASKED {
@@ -340,7 +402,7 @@ pub(crate) unsafe fn stats_f32<const MASKED: bool, const FINITE: bool>(x: &[f32]
     let full = n / 16 * 16;
     let mut i = 0;
     while i < full {
-        super::cpu::prefetch(x, i + super::cpu::PREFETCH_F32);
+        super::cpu::prefetch(x, i + super::cpu::PREFETCH_F32 * 4 / std::mem::size_of::<S>());
         step!(i, 0xFFFF, true);
         i += 16;
     }
