@@ -478,7 +478,8 @@ impl Scratch {
     }
 }
 
-/// A block of one input column in a native type (f16/bf16 converted to f32, bool as u8).
+/// A block of one input column in a native type (f16/bf16 converted to f32, bool as u8);
+/// an empty `U8` for a column only in-place statistics read (`Prepared::direct_only`).
 #[derive(Clone, Copy)]
 enum View<'a> {
     F32(&'a [f32]),
@@ -886,9 +887,9 @@ fn run_group_impl(
             let finite = prep.prog.finite_range;
             part.stats[k] = match prep.dtypes[i] {
                 #[cfg(target_arch = "x86_64")]
-                DType::F16 => wide_stats::<half::f16>(bytemuck::cast_slice(span), finite),
+                DType::F16 => wide_stats::<half::f16>(bytemuck::cast_slice(span), finite, level),
                 #[cfg(target_arch = "x86_64")]
-                DType::BF16 => wide_stats::<half::bf16>(bytemuck::cast_slice(span), finite),
+                DType::BF16 => wide_stats::<half::bf16>(bytemuck::cast_slice(span), finite, level),
                 d => view_stats(typed_view(span, d), None, n as u64, finite, level),
             };
         }
@@ -915,6 +916,7 @@ fn run_block_impl(
     gather_block(prep, ds, r0, n, gather);
     let mut views: Vec<View> = Vec::with_capacity(gather.len());
     for (i, (buf, cv)) in gather.iter_mut().zip(conv.iter_mut()).enumerate() {
+        // Nothing in this function reads a direct-only column's view.
         views.push(if prep.direct_only[i] { View::U8(&[]) } else { make_view(ds, prog.inputs[i], prep.dtypes[i], r0, n, buf, cv, level) });
     }
 
@@ -989,10 +991,12 @@ fn run_block_impl(
 /// that level).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn wide_stats<H: cpu_simd::Wide16 + Into<f32>>(x: &[H], finite: bool) -> BlockStats {
+fn wide_stats<H: cpu_simd::Wide16 + Into<f32>>(x: &[H], finite: bool, level: Level) -> BlockStats {
+    assert_eq!(level, Level::Avx512, "wide_stats: halves are read in place only with AVX-512");
     let pivot = first_finite(x, None, |v| v.into().is_finite()).map_or(0.0, |v| v.into() as f64);
     let n = x.len() as u64;
-    // SAFETY (both): `level()` saw AVX-512 F/BW/VL/DQ and F16C on this CPU.
+    // SAFETY (both): `level` is Avx512 (asserted), which `level()` gives only when it saw
+    // AVX-512 F/BW/VL/DQ and F16C on this CPU.
     if finite {
         reduce_lanes::<H, false, true>(x, &[], pivot, n, unsafe { cpu_simd::stats_f32::<H, false, true>(x, &[], pivot) })
     } else {
@@ -1387,7 +1391,8 @@ pub(crate) struct LaneStats {
     pub(crate) fmx: [f32; 16],
 }
 
-/// The block's statistics from the f32 kernel's lanes (`selected`: rows the mask keeps).
+/// The block's statistics from the f32 kernels' lanes over `x` (f32, or halves the AVX-512
+/// kernel widened; `selected`: rows the mask keeps).
 #[inline(always)]
 fn reduce_lanes<T: Copy + Into<f32>, const MASKED: bool, const FINITE: bool>(
     x: &[T],

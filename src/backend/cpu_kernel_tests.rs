@@ -74,20 +74,26 @@ fn halves_read_in_place_match_their_f32_conversions_bit_for_bit() {
         for clean in [true, false] {
             // Infinities (and bf16's huge values) make the sums infinite; without them every
             // rounding shows.
-            let bits: Vec<u16> = (0..n)
-                .map(|_| {
-                    let r = rng.next_u64();
-                    match r % 13 {
-                        0 if !clean => 0x7C00 | ((r >> 8) as u16 & 0x8000),
-                        1 => (r >> 8) as u16 & 0x83FF,
-                        2 => (r >> 8) as u16 & 0x8000,
-                        3 if !clean => 0xFFFF,
-                        _ => (0x3C00 + ((r >> 16) as u16 & 0x0FFF)) | ((r >> 32) as u16 & 0x8000),
-                    }
-                })
-                .collect();
-            let f16s: &[half::f16] = bytemuck::cast_slice(&bits);
-            let bf16s: &[half::bf16] = bytemuck::cast_slice(&bits);
+            // Per type: its infinity, a NaN (quiet for f16, signalling for bf16), subnormals,
+            // signed zeros, ordinary values.
+            let halves = |rng: &mut Rng, inf: u16, nan: u16| -> Vec<u16> {
+                (0..n)
+                    .map(|_| {
+                        let r = rng.next_u64();
+                        let sign = (r >> 8) as u16 & 0x8000;
+                        match r % 13 {
+                            0 if !clean => inf | sign,
+                            1 => (r >> 8) as u16 & 0x807F,
+                            2 => sign,
+                            3 if !clean => nan | sign,
+                            _ => (0x3C00 + ((r >> 16) as u16 & 0x0FFF)) | ((r >> 32) as u16 & 0x8000),
+                        }
+                    })
+                    .collect()
+            };
+            let (fbits, bbits) = (halves(&mut rng, 0x7C00, 0x7E01), halves(&mut rng, 0x7F80, 0x7F81));
+            let f16s: &[half::f16] = bytemuck::cast_slice(&fbits);
+            let bf16s: &[half::bf16] = bytemuck::cast_slice(&bbits);
             let wide: Vec<f32> = f16s.iter().map(|&h| h.to_f32()).collect();
             let bwide: Vec<f32> = bf16s.iter().map(|&h| h.to_f32()).collect();
             for finite in [false, true] {
@@ -99,8 +105,8 @@ fn halves_read_in_place_match_their_f32_conversions_bit_for_bit() {
                         stats_f32_any::<false>(x, None, n as u64, Level::Avx512)
                     }
                 };
-                assert_eq!(format!("{:?}", wide_stats(f16s, finite)), format!("{:?}", conv(&wide)), "{what} f16");
-                assert_eq!(format!("{:?}", wide_stats(bf16s, finite)), format!("{:?}", conv(&bwide)), "{what} bf16");
+                assert_eq!(format!("{:?}", wide_stats(f16s, finite, Level::Avx512)), format!("{:?}", conv(&wide)), "{what} f16");
+                assert_eq!(format!("{:?}", wide_stats(bf16s, finite, Level::Avx512)), format!("{:?}", conv(&bwide)), "{what} bf16");
             }
         }
     }

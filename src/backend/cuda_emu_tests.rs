@@ -208,7 +208,7 @@ fn same_stats(a: &BlockStats, b: &BlockStats, finite: bool, what: &str) {
     // values of ±3e38 that cancel leave a small sum with a large error (bounded here by
     // count × the largest |x - pivot|; squares never cancel).
     let spread = (a.max - a.pivot).abs().max((a.min - a.pivot).abs());
-    let sum_tol = 1e-12 * a.count as f64 * spread;
+    let sum_tol = if spread.is_finite() { 1e-12 * a.count as f64 * spread } else { 0.0 };
     for (x, y, f, tol) in [(a.sum_d, b.sum_d, "sum", sum_tol), (a.sum_d2, b.sum_d2, "sum of squares", 0.0)] {
         let close = same(x, y) || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()) + tol;
         assert!(close, "{what}: {f} {x} vs {y}");
