@@ -295,8 +295,8 @@ impl Backend for Cpu {
         let direct_only = (0..prog.inputs.len())
             .map(|i| {
                 let slot = |src: &Source| *src == Source::Slot(i);
-                let other_use = prog.key == Some(i)
-                    || prog.instrs.iter().any(|ins| matches!(ins, Instr::Load { slot, .. } if *slot == i))
+                // (A key's column is never direct-only: with a key no statistics are direct.)
+                let other_use = prog.instrs.iter().any(|ins| matches!(ins, Instr::Load { slot, .. } if *slot == i))
                     || prog.hists.iter().any(|h| slot(&h.source))
                     || prog.outputs.iter().any(|o| slot(&o.source))
                     || prog.stats.iter().zip(&direct).any(|(src, &d)| !d && slot(src));
@@ -874,17 +874,15 @@ fn run_group_impl(
         let n = (rows - j * unit).min(unit);
         parts.push(run_block_impl(level, prep, ds, r0 + (j * unit) as u64, n, s, o));
     }
+    let finite = prep.prog.finite_range;
     for (k, src) in prep.prog.stats.iter().enumerate() {
-        let Source::Slot(i) = *src else { continue };
-        if !prep.direct[k] {
-            continue;
-        }
+        // `direct` holds only input slots.
+        let (true, Source::Slot(i)) = (prep.direct[k], *src) else { continue };
         for (j, part) in parts.iter_mut().enumerate() {
             let Ok(part) = part else { continue };
             let n = (rows - j * unit).min(unit);
             let b0 = r0 + (j * unit) as u64;
             let span = ds.column_span(prep.prog.inputs[i], b0, b0 + n as u64);
-            let finite = prep.prog.finite_range;
             part.stats[k] = match prep.dtypes[i] {
                 #[cfg(target_arch = "x86_64")]
                 DType::F16 => wide_stats::<half::f16>(bytemuck::cast_slice(span), finite, level),
@@ -992,16 +990,36 @@ fn run_block_impl(
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn wide_stats<H: cpu_simd::Wide16 + Into<f32>>(x: &[H], finite: bool, level: Level) -> BlockStats {
-    assert_eq!(level, Level::Avx512, "wide_stats: halves are read in place only with AVX-512");
-    let pivot = first_finite(x, None, |v| v.into().is_finite()).map_or(0.0, |v| v.into() as f64);
     let n = x.len() as u64;
+    if finite { stats_avx512::<H, true>(x, None, n, level) } else { stats_avx512::<H, false>(x, None, n, level) }
+}
+
+/// Statistics of a block of f32 values, or of halves widened in registers, by the AVX-512
+/// kernel (`selected`: rows the mask keeps).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn stats_avx512<S: cpu_simd::Wide16 + Into<f32>, const FINITE: bool>(
+    x: &[S],
+    mask: Option<&[u8]>,
+    selected: u64,
+    level: Level,
+) -> BlockStats {
+    assert_eq!(level, Level::Avx512, "stats_avx512: needs AVX-512");
+    let pivot = f32_pivot(x, mask);
     // SAFETY (both): `level` is Avx512 (asserted), which `level()` gives only when it saw
-    // AVX-512 F/BW/VL/DQ and F16C on this CPU.
-    if finite {
-        reduce_lanes::<H, false, true>(x, &[], pivot, n, unsafe { cpu_simd::stats_f32::<H, false, true>(x, &[], pivot) })
-    } else {
-        reduce_lanes::<H, false, false>(x, &[], pivot, n, unsafe { cpu_simd::stats_f32::<H, false, false>(x, &[], pivot) })
+    // AVX-512 F/BW/VL/DQ and F16C on this CPU; the mask covers the block.
+    match mask {
+        None => {
+            reduce_lanes::<S, false, FINITE>(x, &[], pivot, selected, unsafe { cpu_simd::stats_f32::<S, false, FINITE>(x, &[], pivot) })
+        }
+        Some(m) => reduce_lanes::<S, true, FINITE>(x, m, pivot, selected, unsafe { cpu_simd::stats_f32::<S, true, FINITE>(x, m, pivot) }),
     }
+}
+
+/// The shift of the f32 kernels' sums: the block's first selected finite value.
+#[inline(always)]
+fn f32_pivot<S: Copy + Into<f32>>(x: &[S], mask: Option<&[u8]>) -> f64 {
+    first_finite(x, mask, |v| v.into().is_finite()).map_or(0.0, |v| v.into() as f64)
 }
 
 /// A block's statistics of one source (`selected`: rows the mask keeps).
@@ -1278,19 +1296,11 @@ pub(crate) fn prefetch<T>(x: &[T], i: usize) {
 /// Statistics of a block of f32 values; `FINITE` also tracks the finite min/max.
 #[inline(always)]
 fn stats_f32_any<const FINITE: bool>(x: &[f32], mask: Option<&[u8]>, selected: u64, level: Level) -> BlockStats {
-    let pivot = first_finite(x, mask, |v| v.is_finite()).map_or(0.0, |v| v as f64);
     #[cfg(target_arch = "x86_64")]
     if level == Level::Avx512 {
-        // SAFETY: `level()` saw AVX-512 F/BW/VL/DQ on this CPU; the mask covers the block.
-        return match mask {
-            None => reduce_lanes::<_, false, FINITE>(x, &[], pivot, x.len() as u64, unsafe {
-                cpu_simd::stats_f32::<f32, false, FINITE>(x, &[], pivot)
-            }),
-            Some(m) => {
-                reduce_lanes::<_, true, FINITE>(x, m, pivot, selected, unsafe { cpu_simd::stats_f32::<f32, true, FINITE>(x, m, pivot) })
-            }
-        };
+        return stats_avx512::<f32, FINITE>(x, mask, selected, level);
     }
+    let pivot = f32_pivot(x, mask);
     #[cfg(target_arch = "x86_64")]
     if level == Level::Avx2 {
         // SAFETY: `level()` saw AVX2 on this CPU; the mask covers the block.
