@@ -227,6 +227,44 @@ fn stats_filters_and_groups_match_reference() {
     }
 }
 
+/// The CPU computes statistics that read a column in place (no filter, no key) in tasks of
+/// consecutive blocks: up to 16, fewer with more threads or smaller tiles, the tile's last
+/// task and block often short. Every grouping must give the reference's values and the same
+/// bits.
+#[test]
+fn in_place_statistics_do_not_depend_on_how_blocks_are_grouped() {
+    let seed = seed("in_place_statistics_do_not_depend_on_how_blocks_are_grouped");
+    let mut rng = Rng::new(seed);
+    let dir = TempDir::new("grouped");
+    // 74 blocks of 8,192 rows, the last 3 rows short: one thread runs the whole file as one
+    // tile in tasks of 16 blocks and a last one of 10; two threads take 9, five 3, forty 1;
+    // a 3 MiB budget makes tiles of 8 blocks (tasks of 2 on one thread).
+    let rows = 74 * 8192 - 3;
+    let cols = mixed_columns(&mut rng, rows, 0.02);
+    let path = dir.path("g.safetensors");
+    write_safetensors(&path, rows, &cols);
+    let ds = Dataset::open(&path).unwrap();
+    let names = ["a", "b", "c", "d", "k", "i", "e", "s", "u", "nan"];
+    let all: Vec<u64> = (0..rows as u64).collect();
+    let mut first: Option<String> = None;
+    for threads in [1, 2, 5, 40] {
+        for budget in [RunOptions::default().memory_budget, 3 << 20] {
+            let opts = RunOptions { memory_budget: budget, threads: Some(threads), ..RunOptions::default() };
+            let r = ds.lazy().aggregate([all_stats(names)]).collect_with(&Device::Cpu, &opts).unwrap();
+            let text = format!("{:?}", r.columns);
+            match &first {
+                None => {
+                    for n in names {
+                        check_stats(&format!("col={n}"), r.column(n).unwrap(), &raw_values(&ds, n, &all));
+                    }
+                    first = Some(text);
+                }
+                Some(f) => assert_eq!(f, &text, "{threads} threads, budget {budget}: results depend on how blocks are grouped"),
+            }
+        }
+    }
+}
+
 #[test]
 fn histograms_match_reference_exactly() {
     let seed = seed("histograms_match_reference_exactly");
