@@ -12,10 +12,15 @@ rm -rf .gpu && mkdir -p .gpu .gl /tmp/amd64/partial
 cargo build --release
 cp target/release/tilestream .gpu/
 # Test binaries: the GPU suite (wgpu and CUDA) and the cross-device equivalence suite.
+# (Cargo also lists the CLI binary it builds for the tests, in no fixed order: pick the
+# test target by kind and name.)
 for t in gpu equivalence; do
   exe=$(cargo test --release --test "$t" --no-run --message-format=json 2>/dev/null \
-        | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
+        | T="$t" python3 -c 'import json,os,sys; print(*[m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["kind"] == ["test"] and m["target"]["name"] == os.environ["T"]])')
+  [ -n "$exe" ] || { echo "no test binary for tests/$t.rs" >&2; exit 1; }
   cp "$exe" ".gpu/$t"
+  # A test binary lists its tests; the CLI would print its usage instead.
+  ".gpu/$t" --list | grep -q ': test$' || { echo ".gpu/$t is not the tests/$t.rs binary" >&2; exit 1; }
 done
 strip .gpu/* 2>/dev/null || true
 cp scripts/gpu-peer.py .gpu/
