@@ -227,6 +227,73 @@ fn stats_filters_and_groups_match_reference() {
     }
 }
 
+/// Group-bys whose statistics all read f32 columns (the CPU's row-wise kernels, which make
+/// an 8-bit key's group slots 8,192 rows at a time), by u8 and i8 keys, with and without a
+/// filter, against the reference, bit-identical across tile sizes and threads.
+#[test]
+fn f32_group_bys_by_8_bit_keys_match_reference() {
+    let seed = seed("f32_group_bys_by_8_bit_keys_match_reference");
+    let mut rng = Rng::new(seed);
+    let dir = TempDir::new("equiv8");
+    let names: Vec<String> = (0..9).map(|c| format!("x{c}")).collect();
+    for rows in [1, 8191, 8193, 2 * 8192 + 5, 70_000] {
+        let mut cols: Vec<ColData> = names
+            .iter()
+            .map(|n| {
+                let v: Vec<f32> = (0..rows).map(|_| awkward(&mut rng, 0.02) as f32).collect();
+                ColData { name: n.clone(), dtype: DType::F32, bytes: bytemuck::cast_slice(&v).to_vec() }
+            })
+            .collect();
+        let k: Vec<u8> = (0..rows).map(|_| (rng.uniform() * rng.uniform() * 70.0) as u8).collect();
+        cols.push(ColData { name: "k".into(), dtype: DType::U8, bytes: k });
+        let j: Vec<i8> = (0..rows).map(|_| [-128, -7, -1, 0, 3, 127][(rng.uniform() * 6.0) as usize]).collect();
+        cols.push(ColData { name: "j".into(), dtype: DType::I8, bytes: bytemuck::cast_slice(&j).to_vec() });
+        let path = dir.path(&format!("g{rows}.safetensors"));
+        write_safetensors(&path, rows, &cols);
+        let ds = Dataset::open(&path).unwrap();
+        for filtered in [false, true] {
+            let pred = col("x0").gt(lit(0.5)).or(col("k").lt(lit(3)));
+            let sel: Vec<u64> =
+                if filtered { reference::selected_rows(&ds, std::slice::from_ref(&pred), &[]) } else { (0..rows as u64).collect() };
+            for key in ["k", "j"] {
+                let kc = ds.column_index(key).unwrap();
+                let mut want = std::collections::BTreeMap::<i128, Vec<u64>>::new();
+                for &r in &sel {
+                    want.entry(reference::raw_f64(&ds, kc, r) as i128).or_default().push(r);
+                }
+                let what = format!("rows={rows} filtered={filtered} by {key}");
+                for dev in devices().into_iter().filter(|d| key == "k" || matches!(d, Device::Cpu)) {
+                    let mut first: Option<String> = None;
+                    for opts in budgets() {
+                        let mut lf = ds.lazy();
+                        if filtered {
+                            lf = lf.filter(pred.clone());
+                        }
+                        let g = lf.group_by(key).aggregate([all_stats(names.clone())]).collect_with(&dev, &opts).unwrap();
+                        assert_eq!(
+                            g.groups.iter().map(|g| g.key).collect::<Vec<_>>(),
+                            want.keys().copied().collect::<Vec<_>>(),
+                            "{what}: keys"
+                        );
+                        for grp in &g.groups {
+                            let rows_k = &want[&grp.key];
+                            assert_eq!(grp.rows, rows_k.len() as u64, "{what} on {dev:?}: group {} rows", grp.key);
+                            for (n, s) in &grp.columns {
+                                check_stats(&format!("{what} on {dev:?} group={} col={n}", grp.key), s, &raw_values(&ds, n, rows_k));
+                            }
+                        }
+                        let text = format!("{:?}", g.groups);
+                        match &first {
+                            None => first = Some(text),
+                            Some(f) => assert_eq!(f, &text, "{what} on {dev:?}: results depend on the tile size or threads"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The CPU computes statistics that read a column in place (no filter, no key) in tasks of
 /// consecutive blocks: up to 16, fewer with more threads or smaller tiles, the tile's last
 /// task and block often short. Every grouping must give the reference's values and the same

@@ -190,8 +190,9 @@ fn avx512_and_avx2_group_kernels_match_a_row_order_f64_reference_exactly() {
         return;
     }
     let mut rng = Rng::new(test_seed());
-    let (mut lanes, mut infs) = (Vec::new(), Vec::new());
-    for &n in SIZES {
+    let (mut lanes, mut infs, mut buf) = (Vec::new(), Vec::new(), Vec::new());
+    // Past KEY8_CHUNK too: 8-bit keys make their slots run by run.
+    for &n in SIZES.iter().chain(&[KEY8_CHUNK + 1, 2 * KEY8_CHUNK + 17, 3 * KEY8_CHUNK]) {
         // 1-4 columns take the four-lane kernel, 5-8 an eight-lane one.
         for ncols in [1, 3, 4, 6, 8, 9, 17] {
             let g = 1 + (rng.next_u64() % 70) as usize;
@@ -200,19 +201,43 @@ fn avx512_and_avx2_group_kernels_match_a_row_order_f64_reference_exactly() {
             let cols: Vec<Vec<f32>> = (0..ncols).map(|_| (0..n).map(|_| value(&mut rng, nan_rate)).collect()).collect();
             // Skewed groups, some rows unselected (u32::MAX); with 95 % unselected the
             // kernels skip steps that have no selected row.
-            let unselected = [0.2, 0.95][(rng.next_u64() % 2) as usize];
+            let unselected = [0.0, 0.2, 0.95][(rng.next_u64() % 3) as usize];
             let slots: Vec<u32> = (0..n)
                 .map(|_| if rng.uniform() < unselected { u32::MAX } else { (rng.uniform() * rng.uniform() * g as f64) as u32 })
                 .collect();
             let rows: Vec<u64> = (0..g).map(|j| slots.iter().filter(|&&s| s as usize == j).count() as u64).collect();
             let views: Vec<&[f32]> = cols.iter().map(|c| &c[..]).collect();
             let want = reference_groups(&cols, &slots, g);
-            for &level in &levels {
-                let got = group_rows_f32(level, &views, &slots, &rows, g, &mut lanes, &mut infs);
+            // The same slots as an 8-bit key column (u8, or i8: the sign bit flipped) and a
+            // row mask; an unselected row's key is any slot below g.
+            let flip = [0u8, 0x80][(rng.next_u64() % 2) as usize];
+            let bytes: Vec<u8> =
+                slots.iter().map(|&s| if s == u32::MAX { (rng.next_u64() % g as u64) as u8 } else { s as u8 } ^ flip).collect();
+            let mask: Vec<u8> = slots.iter().map(|&s| (s != u32::MAX) as u8).collect();
+            let mask = (unselected > 0.0).then_some(&mask[..]);
+            let mut key8 = Slots::Key8 { bytes: &bytes, flip, mask, buf: &mut buf };
+            assert_eq!(key8.rows(g), rows, "n={n} g={g}: rows per group from 8-bit keys");
+            for (level, key8) in levels.iter().flat_map(|&l| [(l, false), (l, true)]) {
+                let got = if key8 {
+                    group_rows_f32(
+                        level,
+                        &views,
+                        &mut Slots::Key8 { bytes: &bytes, flip, mask, buf: &mut buf },
+                        &rows,
+                        g,
+                        &mut lanes,
+                        &mut infs,
+                    )
+                } else {
+                    group_rows_f32(level, &views, &mut Slots::All(&slots), &rows, g, &mut lanes, &mut infs)
+                };
                 for (c, (gc, wc)) in got.iter().zip(&want).enumerate() {
                     for (j, (a, b)) in gc.iter().zip(wc).enumerate() {
-                        let what =
-                            format!("{} n={n} cols={ncols} g={g} col {c} group {j}", if level == Level::Avx2 { "avx2" } else { "avx512" });
+                        let what = format!(
+                            "{}{} n={n} cols={ncols} g={g} col {c} group {j}",
+                            if level == Level::Avx2 { "avx2" } else { "avx512" },
+                            if key8 { format!(", slots from 8-bit keys (flip {flip:#x}, mask {})", mask.is_some()) } else { String::new() }
+                        );
                         assert_eq!((a.count, a.nan, a.inf), (b.count, b.nan, b.inf), "{what}: counts");
                         for (x, y, f) in [
                             (a.pivot, b.pivot, "pivot"),

@@ -137,11 +137,14 @@ unsafe fn update<const NAN: bool>(a: &mut GroupLanes, v: __m256) {
 /// none). The sums then shift by it from the first row on: the rows before it hold only
 /// NaN (skipped) or ±inf, whose shifted sums do not depend on the pivot. `present`: the
 /// groups (of g) with a row, so that the scan stops once all of them have their pivots.
+/// `slot_of(i)`: row i's slot (`u32::MAX` unselected), for rows `[0, n)`.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(crate) fn group_pivots(cols: &[&[f32]], slots: &[u32], g: usize, present: usize, lanes: &mut [GroupLanes]) {
+#[inline(always)]
+pub(crate) fn group_pivots(cols: &[&[f32]], n: usize, slot_of: impl Fn(usize) -> u32, g: usize, present: usize, lanes: &mut [GroupLanes]) {
     let all = ((1u16 << cols.len()) - 1) as u8;
     let mut missing = present * cols.len();
-    for (i, &slot) in slots.iter().enumerate() {
+    for i in 0..n {
+        let slot = slot_of(i);
         let Some(a) = lanes.get_mut(slot as usize).filter(|_| (slot as usize) < g) else { continue };
         if a.has_pivot == all {
             continue;
