@@ -20,7 +20,9 @@ for t in gpu equivalence; do
   [ -n "$exe" ] || { echo "no test binary for tests/$t.rs" >&2; exit 1; }
   cp "$exe" ".gpu/$t"
   # A test binary lists its tests; the CLI would print its usage instead.
-  ".gpu/$t" --list | grep -q ': test$' || { echo ".gpu/$t is not the tests/$t.rs binary" >&2; exit 1; }
+  # (grep -c reads all of the list: grep -q could stop early, and the binary fail on the
+  # closed pipe under pipefail.)
+  [ "$(".gpu/$t" --list | grep -c ': test$')" -gt 0 ] || { echo ".gpu/$t is not the tests/$t.rs binary" >&2; exit 1; }
 done
 strip .gpu/* 2>/dev/null || true
 cp scripts/gpu-peer.py .gpu/

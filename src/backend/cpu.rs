@@ -88,8 +88,9 @@ impl Cpu {
 /// expression) and reads its columns in place: four GPU units. Every partial carries each
 /// group's statistics, and merging them (serial, in row order) and setting a unit up cost
 /// the same whatever its rows: with 262,144 rows a 64-key group-by of 8 columns ran 12 %
-/// faster than with 65,536 on two cores, while a unit's slot codes (1 MiB) still fit in L2
-/// (with 1,048,576 rows it was slower again). Other group-bys keep `GROUP_BLOCK_ROWS`:
+/// faster than with 65,536 on two cores, while a unit's slot codes (1 MiB; 8-bit keys over
+/// f32 columns make theirs 8,192 rows at a time, `Slots::Key8`) still fit in L2 (with
+/// 1,048,576 rows it was slower again). Other group-bys keep `GROUP_BLOCK_ROWS`:
 /// each thread holds a unit of every expression's values, and of every column it converts
 /// (f16, bf16) or gathers (strided, unaligned). A GPU keeps the smaller unit too: a unit is
 /// one thread block there, and fewer would leave a large GPU idle.
@@ -1670,7 +1671,8 @@ struct GroupBufs<'s> {
 /// Per-group statistics of one block. An 8-bit key is its own slot (+128 for i8: 256
 /// slots, the empty ones dropped at the end); wider keys map to dense slots in first-seen
 /// order, and more than `MAX_GROUPS` of them is the query's error. When every source is an
-/// f32 column (the row-wise kernels' case), an 8-bit key's slots are made run by run
+/// f32 column and the CPU has AVX2 or AVX-512 (the row-wise kernels' case), an 8-bit key's
+/// slots are made run by run
 /// (`Slots::Key8`): the benchmark's 64-key group-by of eight columns went from 19.2-19.6
 /// to 20.6-20.8 GB/s.
 #[inline(always)]
@@ -1856,8 +1858,6 @@ fn narrow_slots<T: Elem>(x: &[T], mask: Option<&[u8]>, table: &mut [u32], keys: 
 }
 
 /// Selected rows per group (of g) given each row's group slot (`u32::MAX`: unselected).
-/// Not inlined: in the long block function its loop would spill its pointers.
-#[inline(never)]
 fn rows_per_group(slots: &[u32], g: usize) -> Vec<u64> {
     Slots::All(slots).rows(g)
 }
@@ -1869,9 +1869,10 @@ fn rows_of_counts(counts: &[u32], g: usize) -> Vec<u64> {
 }
 
 /// Adds each row to its group's counters: `counts` holds four interleaved counters of the
-/// g groups and the spares (`4 * (g + SPARES)`), so that runs of one group do not wait on
-/// each increment, and the row kernels' spares take unselected rows (which a selective
-/// filter makes most rows).
+/// g groups and of `SPARES` spares (`4 * (g + SPARES)`), so that runs of one group do not
+/// wait on each increment, and unselected rows (which a selective filter makes most rows)
+/// go to the spares, as in the row kernels. Not inlined: in the long block function its
+/// loop would spill its pointers.
 #[inline(never)]
 fn count_rows(slots: &[u32], g: usize, counts: &mut [u32]) {
     let w = g + cpu_simd::SPARES;

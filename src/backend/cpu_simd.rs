@@ -163,8 +163,8 @@ pub(crate) fn group_pivots(cols: &[&[f32]], n: usize, slot_of: impl Fn(usize) ->
 }
 
 /// Adds rows `[0, n)` of up to `GW` f32 columns to their groups' accumulators (whose pivots
-/// `group_pivots` set): row i goes to `lanes[lane_of(slots[i], g, i)]` (its group's, or
-/// a spare for an unselected row), in row order. Columns past `cols.len()` read as 0 (lanes nobody
+/// `group_pivots` set): row i goes to its group's accumulators `lanes[slots[i]]`, or an
+/// unselected row to a spare (`lane_of`), in row order. Columns past `cols.len()` read as 0 (lanes nobody
 /// reads). Blocks of 16 rows without a NaN (most, in real data) take the update without
 /// the NaN test and count.
 ///
