@@ -870,10 +870,12 @@ fn run_group_impl(
     outs: &mut [Vec<&mut [u8]>],
 ) -> Vec<Result<BlockPartial>> {
     let unit = prep.unit as usize;
+    // Block j: its first row and its rows.
+    let block = |j: usize| (r0 + (j * unit) as u64, (rows - j * unit).min(unit));
     let mut parts = Vec::with_capacity(outs.len());
     for (j, o) in outs.iter_mut().enumerate() {
-        let n = (rows - j * unit).min(unit);
-        parts.push(run_block_impl(level, prep, ds, r0 + (j * unit) as u64, n, s, o));
+        let (b0, n) = block(j);
+        parts.push(run_block_impl(level, prep, ds, b0, n, s, o));
     }
     let finite = prep.prog.finite_range;
     for (k, src) in prep.prog.stats.iter().enumerate() {
@@ -881,8 +883,7 @@ fn run_group_impl(
         let (true, Source::Slot(i)) = (prep.direct[k], *src) else { continue };
         for (j, part) in parts.iter_mut().enumerate() {
             let Ok(part) = part else { continue };
-            let n = (rows - j * unit).min(unit);
-            let b0 = r0 + (j * unit) as u64;
+            let (b0, n) = block(j);
             let span = ds.column_span(prep.prog.inputs[i], b0, b0 + n as u64);
             part.stats[k] = match prep.dtypes[i] {
                 #[cfg(target_arch = "x86_64")]
@@ -1670,11 +1671,7 @@ struct GroupBufs<'s> {
 
 /// Per-group statistics of one block. An 8-bit key is its own slot (+128 for i8: 256
 /// slots, the empty ones dropped at the end); wider keys map to dense slots in first-seen
-/// order, and more than `MAX_GROUPS` of them is the query's error. When every source is an
-/// f32 column and the CPU has AVX2 or AVX-512 (the row-wise kernels' case), an 8-bit key's
-/// slots are made run by run
-/// (`Slots::Key8`): the benchmark's 64-key group-by of eight columns went from 19.2-19.6
-/// to 20.6-20.8 GB/s.
+/// order, and more than `MAX_GROUPS` of them is the query's error.
 #[inline(always)]
 fn group_block<'a>(
     key: View,
@@ -1687,83 +1684,90 @@ fn group_block<'a>(
     let n = on_view!(key, x => x.len());
     let sources: Vec<View> = sources.collect();
     let f32_cols: Vec<&[f32]> = sources.iter().filter_map(|v| if let View::F32(x) = *v { Some(x) } else { None }).collect();
-    if level != Level::Base && f32_cols.len() == sources.len() {
-        let key8 = match key {
-            View::U8(x) => Some((x, 0u8)),
-            View::I8(x) => Some((bytemuck::cast_slice::<i8, u8>(x), 0x80)),
-            _ => None,
-        };
-        if let Some((bytes, flip)) = key8 {
-            // Slot of an 8-bit key: its byte, with the sign bit flipped for i8 (key + 128);
-            // as many slots as the largest one needs, unselected rows included (as
-            // `direct_slots`).
-            let g = bytes.iter().fold(0u8, |m, &b| m.max(b ^ flip)) as usize + 1;
-            let mut src = Slots::Key8 { bytes, flip, mask, buf: slots };
-            let rows = src.rows(g);
-            let per_source = group_rows_f32(level, &f32_cols, &mut src, &rows, g, lanes, infs);
-            let offset = if flip == 0 { 0 } else { 128 };
-            return Ok((0..g)
-                .filter(|&j| rows[j] > 0)
-                .map(|j| (j as i128 - offset, rows[j], per_source.iter().map(|acc| acc[j]).collect()))
-                .collect());
-        }
-    }
+    // When the row-wise kernels take every source, an 8-bit key's slots are made run by run
+    // (`Slots::Key8`) rather than for the whole block: the benchmark's 64-key group-by of
+    // eight columns went from 19.2-19.6 to 20.6-20.8 GB/s.
+    let in_runs = level != Level::Base && f32_cols.len() == sources.len();
     keys.clear();
-    // Every slot is written below (by `direct_slots`, `narrow_slots`, or filled first for
-    // wide keys).
-    if slots.len() < n {
-        slots.resize(n, u32::MAX);
-    }
-    let slots = &mut slots[..n];
-    // 8-bit keys: `(offset, g)`, slot j holding key j - offset, and `g` slots.
-    let direct = match key {
-        View::U8(x) => Some((0, direct_slots(x, mask, 0, slots))),
-        View::I8(x) => Some((128, direct_slots(x, mask, 128, slots))),
-        View::I16(_) | View::U16(_) => {
-            if table.is_empty() {
-                table.resize(65536 + 32768, 0);
-            }
-            on_view!(key, x => narrow_slots(x, mask, table, keys, slots));
-            for &kv in keys.iter() {
-                table[(kv + KEY_OFFSET as i128) as usize] = 0;
-            }
-            None
+    // 8-bit keys: `(offset, g)`, slot j holding key j - offset, and `g` slots (one past the
+    // largest key's, unselected rows included).
+    let direct: Option<(i64, usize)>;
+    let mut slot_src = match key {
+        View::U8(_) | View::I8(_) if in_runs => {
+            // The slot is the key's byte, its sign bit flipped for i8 (key + 128).
+            let (bytes, flip) = match key {
+                View::I8(x) => (bytemuck::cast_slice::<i8, u8>(x), 0x80),
+                View::U8(x) => (x, 0),
+                _ => unreachable!("matched as an 8-bit key above"),
+            };
+            direct = Some((flip as i64, bytes.iter().fold(0u8, |m, &b| m.max(b ^ flip)) as usize + 1));
+            Slots::Key8 { bytes, flip, mask, buf: slots }
         }
         _ => {
-            slots.fill(u32::MAX);
-            on_view!(key, x => {
-                for i in 0..n {
-                    if mask.is_some_and(|m| m[i] == 0) {
-                        continue;
+            // Every slot is written below (by `direct_slots`, `narrow_slots`, or filled
+            // first for wide keys).
+            if slots.len() < n {
+                slots.resize(n, u32::MAX);
+            }
+            let slots = &mut slots[..n];
+            direct = match key {
+                View::U8(x) => Some((0, direct_slots(x, mask, 0, slots))),
+                View::I8(x) => Some((128, direct_slots(x, mask, 128, slots))),
+                View::I16(_) | View::U16(_) => {
+                    if table.is_empty() {
+                        table.resize(65536 + 32768, 0);
                     }
-                    let kv = x[i].i128();
-                    slots[i] = match map.entry(kv) {
-                        std::collections::hash_map::Entry::Occupied(e) => *e.get(),
-                        std::collections::hash_map::Entry::Vacant(e) => {
-                            // A unit's partial holds at most MAX_GROUPS groups (the tile
-                            // size counts on it): more is the query's error anyway.
-                            if keys.len() == crate::exec::MAX_GROUPS {
-                                map.clear();
-                                return Err(crate::exec::too_many_groups());
-                            }
-                            keys.push(kv);
-                            *e.insert(keys.len() as u32 - 1)
-                        }
-                    };
+                    on_view!(key, x => narrow_slots(x, mask, table, keys, slots));
+                    for &kv in keys.iter() {
+                        table[(kv + KEY_OFFSET as i128) as usize] = 0;
+                    }
+                    None
                 }
-            });
-            map.clear();
-            None
+                _ => {
+                    slots.fill(u32::MAX);
+                    on_view!(key, x => {
+                        for i in 0..n {
+                            if mask.is_some_and(|m| m[i] == 0) {
+                                continue;
+                            }
+                            let kv = x[i].i128();
+                            slots[i] = match map.entry(kv) {
+                                std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+                                std::collections::hash_map::Entry::Vacant(e) => {
+                                    // A unit's partial holds at most MAX_GROUPS groups (the
+                                    // tile size counts on it): more is the query's error anyway.
+                                    if keys.len() == crate::exec::MAX_GROUPS {
+                                        map.clear();
+                                        return Err(crate::exec::too_many_groups());
+                                    }
+                                    keys.push(kv);
+                                    *e.insert(keys.len() as u32 - 1)
+                                }
+                            };
+                        }
+                    });
+                    map.clear();
+                    None
+                }
+            };
+            Slots::All(slots)
         }
     };
     let g = direct.map_or(keys.len(), |(_, g)| g);
-    let rows = rows_per_group(slots, g);
+    let rows = slot_src.rows(g);
     // f32 columns: row by row into per-group accumulators when the groups are few enough
     // for those to stay in cache, else gathered into group order (below).
     let mut row_wise = if level != Level::Base && g <= ROW_GROUPS_MAX {
-        group_rows_f32(level, &f32_cols, &mut Slots::All(slots), &rows, g, lanes, infs).into_iter()
+        group_rows_f32(level, &f32_cols, &mut slot_src, &rows, g, lanes, infs).into_iter()
     } else {
         Vec::new().into_iter()
+    };
+    // The slots as a whole, for the sources below that the row-wise kernels did not take:
+    // none when the slots were made run by run (every source was theirs, and 8-bit keys
+    // have at most 256 groups).
+    let slots: &[u32] = match slot_src {
+        Slots::All(s) => s,
+        Slots::Key8 { .. } => &[],
     };
     // Row indices sorted by group for the gather path, made when first needed.
     let mut start = Vec::new();
@@ -1855,11 +1859,6 @@ fn narrow_slots<T: Elem>(x: &[T], mask: Option<&[u8]>, table: &mut [u32], keys: 
         }
         slots[i] = if on { e.wrapping_sub(1) } else { u32::MAX };
     }
-}
-
-/// Selected rows per group (of g) given each row's group slot (`u32::MAX`: unselected).
-fn rows_per_group(slots: &[u32], g: usize) -> Vec<u64> {
-    Slots::All(slots).rows(g)
 }
 
 /// The groups' rows from `count_rows`'s counters.
