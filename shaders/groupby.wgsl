@@ -1,6 +1,8 @@
 // tilestream group-by kernel (after common.wgsl): one workgroup per unit of UNIT rows of a
-// tile and per sweep of 256 key values: workgroup (u, s) takes the keys KEY_BASE + 256 s
-// + 0..255 of unit u, and thread `lid` owns key KEY_BASE + 256 s + lid.
+// tile and per sweep of 256 key slots: workgroup (u, s) takes the keys of slots 256 s +
+// 0..255 of unit u, and thread `lid` owns slot 256 s + lid. A key's slot is its distance
+// from the smallest key or its index among the column's sorted distinct keys (the
+// generated `key_code`).
 // For each sub-block of SUB rows, every thread evaluates one row and stages its key slot
 // (workgroup memory) and its statistic values (a scratch area of the `atom` buffer); then
 // each thread walks the sub-block's slots and accumulates the rows of its own key, in row
@@ -35,7 +37,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let sweep = wid.y;
     let u0 = unit * UNIT;
     let n = min(UNIT, params.rows - min(u0, params.rows));
-    let base = u64_add(KEY_BASE, vec2<u32>(sweep * WG, 0u));
+    let first = vec2<u32>(sweep * WG, 0u);
     let wgi = sweep * params.blocks + unit;
     // This workgroup's scratch: VAL_WORDS words per row of a sub-block.
     let vb = wgi * SUB * VAL_WORDS;
@@ -46,7 +48,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         var code = 0xffffffffu;
         if (j < n) {
             let row = eval_row(u0 + j);
-            let d = u64_sub(row.key, base);
+            let d = u64_sub(key_code(row.key), first);
             if (row.mask && d.y == 0u && d.x < WG) {
                 code = d.x;
                 let b = vb + lid * VAL_WORDS;

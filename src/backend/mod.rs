@@ -177,10 +177,10 @@ fn wgpu_named(name: &str, _index: Option<&str>) -> Result<Device> {
     Err(Error::BackendUnavailable { device: name.to_string(), reason: "this build of tilestream has the `wgpu` feature off".to_string() })
 }
 
-/// The smallest and largest value of an integer key column (a host pass over the column):
-/// a GPU group-by sizes its key sweeps from it. `device` names the backend in errors.
+/// Calls `f` with every value of an integer key column as an i64 (a host pass over the
+/// column; u64 values beyond i64 are `Unsupported`). `device` names the backend in errors.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-pub(crate) fn key_range(ds: &Dataset, col: usize, device: &str) -> Result<(i64, i64)> {
+fn each_key(ds: &Dataset, col: usize, device: &str, mut f: impl FnMut(i64) -> Result<()>) -> Result<()> {
     let c = &ds.columns()[col];
     let span = ds.column_span(col, 0, ds.rows());
     let stride = c.stride as usize;
@@ -198,14 +198,78 @@ pub(crate) fn key_range(ds: &Dataset, col: usize, device: &str) -> Result<(i64, 
             _ => return None,
         })
     };
-    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
     for r in 0..ds.rows() as usize {
-        let v = at(r).ok_or_else(|| Error::Unsupported(format!("group-by on a {} key beyond i64 on the {device} backend", c.dtype)))?;
+        f(at(r).ok_or_else(|| Error::Unsupported(format!("group-by on a {} key beyond i64 on the {device} backend", c.dtype)))?)?;
+    }
+    ds.check_faults()
+}
+
+/// The smallest and largest value of an integer key column (a host pass over the column):
+/// a GPU group-by sizes its key sweeps from it. `device` names the backend in errors.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub(crate) fn key_range(ds: &Dataset, col: usize, device: &str) -> Result<(i64, i64)> {
+    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+    each_key(ds, col, device, |v| {
         lo = lo.min(v);
         hi = hi.max(v);
-    }
-    ds.check_faults()?;
+        Ok(())
+    })?;
     Ok(if lo > hi { (0, 0) } else { (lo, hi) })
+}
+
+/// The sorted distinct keys of an integer key column whose values lie in `range` (from
+/// `key_range`; a second host pass), when a GPU group-by taking `per_sweep` keys per sweep
+/// needs fewer sweeps over them than over the range, or the range spans more than
+/// `MAX_GROUPS` values; `None` when the range does as well. More than `MAX_GROUPS` distinct
+/// keys is `Unsupported` (the CPU runs such a query, or says that its groups are too many).
+#[cfg(feature = "wgpu")]
+pub(crate) fn key_table(ds: &Dataset, col: usize, range: (i64, i64), per_sweep: u64, device: &str) -> Result<Option<Vec<i64>>> {
+    let max = crate::exec::MAX_GROUPS;
+    let (lo, hi) = range;
+    let span = (hi as i128 - lo as i128 + 1) as u128;
+    if span <= per_sweep as u128 {
+        return Ok(None);
+    }
+    let keys = if span <= max as u128 {
+        // A bit per value of the range.
+        let mut seen = vec![0u64; (span as usize).div_ceil(64)];
+        each_key(ds, col, device, |k| {
+            // lo <= k <= hi, whose span fits in usize.
+            let j = (k - lo) as usize;
+            seen[j / 64] |= 1 << (j % 64);
+            Ok(())
+        })?;
+        (0..span as usize).filter(|&j| seen[j / 64] >> (j % 64) & 1 != 0).map(|j| lo + j as i64).collect()
+    } else {
+        // Open addressing in 2^18 slots, never more than a quarter full (at most `max` keys).
+        const BITS: u32 = 18;
+        let (mut slots, mut used) = (vec![0i64; 1 << BITS], vec![false; 1 << BITS]);
+        let mut keys: Vec<i64> = Vec::new();
+        let mut last = None;
+        each_key(ds, col, device, |k| {
+            if last == Some(k) {
+                return Ok(());
+            }
+            last = Some(k);
+            let mut h = ((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BITS)) as usize;
+            while used[h] {
+                if slots[h] == k {
+                    return Ok(());
+                }
+                h = (h + 1) & ((1 << BITS) - 1);
+            }
+            if keys.len() == max {
+                return Err(Error::Unsupported(format!("group-by on more than {max} distinct keys on the {device} backend")));
+            }
+            (used[h], slots[h]) = (true, k);
+            keys.push(k);
+            Ok(())
+        })?;
+        keys.sort_unstable();
+        keys
+    };
+    let sweeps = |n: u128| n.div_ceil(per_sweep as u128);
+    Ok((span > max as u128 || sweeps(keys.len() as u128) < sweeps(span)).then_some(keys))
 }
 
 /// A failure injected into the GPU backends for tests, from `TILESTREAM_GPU_FAULT`:
@@ -321,4 +385,65 @@ pub(crate) trait Backend: Sync {
     fn submit(&self, prep: &Self::Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<Self::Ticket>;
     /// Waits for a submitted tile; its output rows land in `out`.
     fn collect(&self, prep: &Self::Prepared, ticket: Self::Ticket, out: Option<&mut TileOut>) -> Result<TileResult>;
+}
+
+#[cfg(all(test, feature = "wgpu"))]
+mod tests {
+    use super::*;
+    use crate::sink::table::{OutputColumn, OutputFormat, TableWriter};
+    use crate::synth::{Rng, test_seed};
+    use std::collections::BTreeSet;
+
+    /// `key_table` of a one-column dataset of `values` stored as `dtype`.
+    fn table_of(dtype: DType, values: &[i128]) -> Result<Option<Vec<i64>>> {
+        let dir = std::env::temp_dir().join(format!("tilestream-keys-{}-{dtype}-{}", std::process::id(), values.len()));
+        std::fs::create_dir_all(&dir).expect("scratch folder");
+        let path = dir.join("k.safetensors");
+        let bytes: Vec<u8> = values.iter().flat_map(|&v| v.to_le_bytes()[..dtype.size()].to_vec()).collect();
+        let mut w = TableWriter::create(
+            &path,
+            OutputFormat::Safetensors,
+            vec![OutputColumn { name: "k".into(), dtype }],
+            values.len() as u64,
+            true,
+        )
+        .expect("writer");
+        w.write_tile(values.len(), &[&bytes]).expect("write");
+        w.finish().expect("finish");
+        let ds = Dataset::open(&path).expect("open");
+        let t = key_range(&ds, 0, "wgpu").and_then(|range| key_table(&ds, 0, range, 256, "wgpu"));
+        let _ = std::fs::remove_dir_all(&dir);
+        t
+    }
+
+    #[test]
+    fn key_tables_hold_every_distinct_key_when_they_save_sweeps() {
+        let seed = test_seed();
+        let mut rng = Rng::new(seed);
+        let mut pick = |n: usize, draw: &mut dyn FnMut(&mut Rng) -> i128, rows: usize| -> Vec<i128> {
+            let keys: Vec<i128> = (0..n).map(|_| draw(&mut rng)).collect();
+            (0..rows).map(|_| keys[(rng.uniform() * rng.uniform() * n as f64) as usize]).collect()
+        };
+        let table = |v: &[i128]| Some(v.iter().map(|&k| k as i64).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>());
+        // Over the whole i64 range (the hash set), its ends included.
+        let mut v = pick(300, &mut |r| r.next_u64() as i64 as i128, 20_000);
+        v.extend([i64::MIN as i128, i64::MAX as i128, i64::MIN as i128]);
+        assert_eq!(table_of(DType::I64, &v).expect("i64"), table(&v), "seed {seed}: i64 keys");
+        // 40 u16 keys over 0..65535 (the bitmap): one sweep instead of 256.
+        let v = pick(40, &mut |r| (r.next_u64() % 65_536) as i128, 5_000);
+        assert_eq!(table_of(DType::U16, &v).expect("u16"), table(&v), "seed {seed}: u16 keys");
+        // i32 keys over ~8 million values, then a dense 0..700: no table (3 sweeps either way).
+        let v = pick(2_000, &mut |r| (r.normal() * 2e6) as i32 as i128, 30_000);
+        assert_eq!(table_of(DType::I32, &v).expect("i32"), table(&v), "seed {seed}: i32 keys");
+        let v: Vec<i128> = (0..7_000).map(|i| (i * 13 % 700) as i128).collect();
+        assert_eq!(table_of(DType::I16, &v).expect("dense"), None, "a dense range needs no table");
+        let v: Vec<i128> = (0..7_000).map(|i| (i % 200) as i128 - 100).collect();
+        assert_eq!(table_of(DType::I16, &v).expect("one sweep"), None, "a range of one sweep needs no table");
+        // More than 65,536 distinct keys, and u64 keys beyond i64: typed refusals.
+        let v: Vec<i128> = (0..70_000).map(|i| i * 1_000_003).collect();
+        assert!(matches!(table_of(DType::I64, &v), Err(Error::Unsupported(_))), "70,000 keys");
+        let v: Vec<i128> = (0..65_536).map(|i| i * 3).collect();
+        assert_eq!(table_of(DType::U32, &v).expect("65,536 keys").map(|t| t.len()), Some(65_536), "exactly 65,536 keys");
+        assert!(matches!(table_of(DType::U64, &[1, u64::MAX as i128]), Err(Error::Unsupported(_))), "u64 beyond i64");
+    }
 }

@@ -288,7 +288,14 @@ impl Backend for Wgpu {
     fn prepare(&self, prog: &FusedProgram, ds: &Dataset, tile_rows: u64) -> Result<Prepared> {
         let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
         let keys = match prog.key {
-            Some(k) if dtypes[k].size() > 1 => Some(crate::backend::key_range(ds, prog.inputs[k], "wgpu")?),
+            Some(k) if dtypes[k].size() > 1 => {
+                let col = prog.inputs[k];
+                let (lo, hi) = crate::backend::key_range(ds, col, "wgpu")?;
+                Some(match crate::backend::key_table(ds, col, (lo, hi), wgsl::GROUP_SLOTS, "wgpu")? {
+                    Some(table) => wgsl::KeySlots::Table(table),
+                    None => wgsl::KeySlots::Range(lo, hi),
+                })
+            }
             _ => None,
         };
         crate::backend::InjectedFault::at_prepare(&self.gpu.name, tile_rows)?;
@@ -548,10 +555,8 @@ fn block_stats(dom: Domain, c: &[u32], w: &[u32]) -> Result<BlockStats> {
     Ok(st)
 }
 
-/// The smallest and largest value of an integer key column (a pass over the key column on
-/// the host: the group-by kernel takes keys in sweeps of 256 from the smallest).
 /// The partials of a group-by tile: per unit, the keys that saw rows.
-fn decode_groups(k: &Kernel, base: i64, units: u64, part: &[u32]) -> Result<TileResult> {
+fn decode_groups(k: &Kernel, keys: &wgsl::KeySlots, units: u64, part: &[u32]) -> Result<TileResult> {
     let per_slot = (k.part_words / k.sweeps / wgsl::GROUP_SLOTS) as usize;
     let slots = wgsl::GROUP_SLOTS as usize;
     let mut res = TileResult::default();
@@ -569,7 +574,7 @@ fn decode_groups(k: &Kernel, base: i64, units: u64, part: &[u32]) -> Result<Tile
                 let (c, rest) = w[at..at + (STAT_COUNTERS + STAT_WORDS) as usize].split_at(STAT_COUNTERS as usize);
                 stats.push(block_stats(dom, c, rest)?);
             }
-            bp.groups.push((base as i128 + (sweep * slots + slot) as i128, w[0] as u64, stats));
+            bp.groups.push((keys.key(sweep * slots + slot), w[0] as u64, stats));
         }
         res.blocks.push(bp);
     }
@@ -579,8 +584,8 @@ fn decode_groups(k: &Kernel, base: i64, units: u64, part: &[u32]) -> Result<Tile
 /// Turns the kernel's words into the partials the driver merges.
 fn decode(prep: &Prepared, rows: u64, blocks: u64, part: &[u32], atom: &[u32], out: Option<&mut TileOut>) -> Result<TileResult> {
     let k = &prep.kernel;
-    if let Some(base) = k.group_base {
-        return decode_groups(k, base, blocks, part);
+    if let Some(keys) = &k.group_keys {
+        return decode_groups(k, keys, blocks, part);
     }
     let s = k.stat_domains.len() as u64;
     let mut res = TileResult::default();

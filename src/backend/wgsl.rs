@@ -115,7 +115,8 @@ pub(crate) struct Kernel {
     pub slot_offsets: Vec<u64>,
     /// Size of the input buffer.
     pub inp_words: u64,
-    /// Histogram thresholds, at the start of the input buffer.
+    /// Words at the start of the input buffer: histogram thresholds, or a group-by's table
+    /// of keys.
     pub thresholds: Vec<u32>,
     /// Words per block partial.
     pub part_words: u64,
@@ -129,9 +130,8 @@ pub(crate) struct Kernel {
     pub out_offsets: Vec<u64>,
     /// Size of the atomic buffer.
     pub atom_words: u64,
-    /// For a group-by: the key of slot 0 of sweep 0 (slot s of sweep w holds key
-    /// `base + 256 w + s`).
-    pub group_base: Option<i64>,
+    /// For a group-by: the keys of its slots (slot s of sweep w is number `256 w + s`).
+    pub group_keys: Option<KeySlots>,
     /// For a group-by: sweeps of 256 keys per unit (the second dispatch dimension).
     pub sweeps: u64,
 }
@@ -169,14 +169,52 @@ fn column_offsets(dtypes: &[DType], cap_rows: u64, start: u64) -> (Vec<u64>, u64
     (offsets, at.max(1))
 }
 
+/// A group-by's `key_code` over a table of `KEY_COUNT` sorted order keys at the start of
+/// the input buffer.
+const KEY_SEARCH: &str = "fn table_key(j: u32) -> vec2<u32> { return vec2<u32>(inp[2u * j], inp[2u * j + 1u]); }
+// Key k's slot: its index in the table (a binary search), or all ones for a key not there
+// (none: the host read the table from the whole column).
+fn key_code(k: vec2<u32>) -> vec2<u32> {
+    let o = i64_key(k);
+    var lo = 0u;
+    var hi = KEY_COUNT;
+    while (lo < hi) {
+        let mid = (lo + hi) / 2u;
+        if (key_lt(table_key(mid), o)) { lo = mid + 1u; } else { hi = mid; }
+    }
+    if (lo < KEY_COUNT && all(table_key(lo) == o)) { return vec2<u32>(lo, 0u); }
+    return vec2<u32>(0xffffffffu, 0xffffffffu);
+}
+";
+
 fn unsupported(what: impl Into<String>) -> Error {
     Error::Unsupported(format!("{} on the wgpu backend", what.into()))
 }
 
+/// How a group-by kernel numbers the values of its key: the slots of its sweeps. A key wider
+/// than 8 bits is read on the host first (`backend::key_range`, `backend::key_table`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum KeySlots {
+    /// The keys `lo..=hi`: slot `key - lo`.
+    Range(i64, i64),
+    /// These sorted distinct keys: slot = the key's index, found by a binary search per row
+    /// (fewer sweeps than their range, or a range wider than `MAX_GROUPS` values).
+    Table(Vec<i64>),
+}
+
+impl KeySlots {
+    /// The key of slot `j`.
+    pub(crate) fn key(&self, j: usize) -> i128 {
+        match self {
+            KeySlots::Range(lo, _) => *lo as i128 + j as i128,
+            KeySlots::Table(keys) => keys[j] as i128,
+        }
+    }
+}
+
 /// Generates the kernel of `prog` over columns of `dtypes` (one per input slot), for tiles
-/// of `cap_rows` rows. A group-by on a key wider than 8 bits needs `keys`, the smallest and
-/// largest key value.
-pub(crate) fn generate_with_keys(prog: &FusedProgram, dtypes: &[DType], cap_rows: u64, keys: Option<(i64, i64)>) -> Result<Kernel> {
+/// of `cap_rows` rows. A group-by on a key wider than 8 bits needs `keys`.
+pub(crate) fn generate_with_keys(prog: &FusedProgram, dtypes: &[DType], cap_rows: u64, keys: Option<KeySlots>) -> Result<Kernel> {
     let g = Gen { prog, dtypes };
     if let Some(key) = prog.key {
         return g.group_by(key, cap_rows, keys);
@@ -377,7 +415,7 @@ pub(crate) fn generate_with_keys(prog: &FusedProgram, dtypes: &[DType], cap_rows
         hist_offsets,
         out_offsets,
         atom_words,
-        group_base: None,
+        group_keys: None,
         sweeps: 1,
     })
 }
@@ -406,24 +444,43 @@ fn pair_lit(v: u64) -> String {
 
 impl Gen<'_> {
     /// The group-by kernel: statistics per key per unit of `GROUP_BLOCK_ROWS` rows, in
-    /// sweeps of 256 keys.
-    fn group_by(&self, key: usize, cap_rows: u64, keys: Option<(i64, i64)>) -> Result<Kernel> {
+    /// sweeps of 256 key slots.
+    fn group_by(&self, key: usize, cap_rows: u64, keys: Option<KeySlots>) -> Result<Kernel> {
         let prog = self.prog;
         if !prog.hists.is_empty() || !prog.outputs.is_empty() {
             return Err(unsupported("histograms or output columns in a group-by"));
         }
-        let (slot_offsets, inp_words) = column_offsets(self.dtypes, cap_rows, 0);
-        let (lo, hi) = match (self.dtypes[key], keys) {
-            (DType::U8 | DType::Bool, _) => (0, 255),
-            (DType::I8, _) => (-128, 127),
-            (_, Some(range)) => range,
-            (d, None) => return Err(unsupported(format!("group-by on a {d} key without its key range"))),
+        let keys = match (self.dtypes[key], keys) {
+            (DType::U8 | DType::Bool, _) => KeySlots::Range(0, 255),
+            (DType::I8, _) => KeySlots::Range(-128, 127),
+            (_, Some(keys)) => keys,
+            (d, None) => return Err(unsupported(format!("group-by on a {d} key without its keys"))),
         };
-        let span = (hi as i128 - lo as i128 + 1).max(1) as u64;
-        if span > crate::exec::MAX_GROUPS as u64 {
-            return Err(unsupported(format!("group-by on keys spanning {span} values (at most {} on wgpu)", crate::exec::MAX_GROUPS)));
-        }
-        let sweeps = span.div_ceil(GROUP_SLOTS);
+        let max = crate::exec::MAX_GROUPS as u64;
+        // Slots, the key's slot as WGSL (`key_code`), and the key table's words.
+        let (slots, key_code, table) = match &keys {
+            KeySlots::Range(lo, hi) => {
+                let span = (*hi as i128 - *lo as i128 + 1).max(1) as u64;
+                if span > max {
+                    return Err(unsupported(format!("group-by on keys spanning {span} values without their table")));
+                }
+                let code = format!(
+                    "const KEY_BASE: vec2<u32> = {};\n// Key k's slot: its distance from the smallest key.\nfn key_code(k: vec2<u32>) -> vec2<u32> {{ return u64_sub(k, KEY_BASE); }}\n",
+                    pair_lit(*lo as u64)
+                );
+                (span, code, Vec::new())
+            }
+            KeySlots::Table(t) => {
+                if t.len() as u64 > max {
+                    return Err(unsupported(format!("group-by on {} distinct keys (at most {max})", t.len())));
+                }
+                // Order keys (`i64_key` in lib.wgsl): high word with its sign bit flipped first.
+                let words = t.iter().flat_map(|&k| [((k as u64) >> 32) as u32 ^ 0x8000_0000, k as u32]).collect();
+                (t.len().max(1) as u64, format!("const KEY_COUNT: u32 = {}u;\n{KEY_SEARCH}", t.len()), words)
+            }
+        };
+        let sweeps = slots.div_ceil(GROUP_SLOTS);
+        let (slot_offsets, inp_words) = column_offsets(self.dtypes, cap_rows, table.len() as u64);
         let code = self.int_load(key, &slot_offsets, true)?;
         let mut fields = String::new();
         let mut eval = self.row_prelude(&slot_offsets)?;
@@ -462,10 +519,7 @@ impl Gen<'_> {
         }
         let group_words = 1 + (STAT_COUNTERS + STAT_WORDS) * prog.stats.len() as u64;
         let val_words = val_words.max(1);
-        let consts = format!(
-            "const GROUP_WORDS: u32 = {group_words}u;\nconst VAL_WORDS: u32 = {val_words}u;\nconst KEY_BASE: vec2<u32> = {};",
-            pair_lit(lo as u64)
-        );
+        let consts = format!("const GROUP_WORDS: u32 = {group_words}u;\nconst VAL_WORDS: u32 = {val_words}u;\n{key_code}");
         let source = assemble(
             GROUPBY,
             &[
@@ -483,7 +537,7 @@ impl Gen<'_> {
             source,
             slot_offsets,
             inp_words,
-            thresholds: Vec::new(),
+            thresholds: table,
             part_words: sweeps * GROUP_SLOTS * group_words,
             counters: 0,
             stat_domains,
@@ -491,7 +545,7 @@ impl Gen<'_> {
             out_offsets: Vec::new(),
             // Scratch for the staged values of every workgroup's current sub-block.
             atom_words: sweeps * units * GROUP_SLOTS * val_words,
-            group_base: Some(lo),
+            group_keys: Some(keys),
             sweeps,
         })
     }
@@ -825,11 +879,27 @@ mod tests {
         let prog = FusedProgram { inputs: vec![0], key: Some(0), ..FusedProgram::default() };
         assert!(matches!(generate(&prog, &[DType::U16], BLOCK_ROWS), Err(Error::Unsupported(_))), "a wide key needs its range");
         assert_eq!(generate(&prog, &[DType::U8], BLOCK_ROWS).map(|k| k.sweeps).ok(), Some(1));
-        let k = generate_with_keys(&prog, &[DType::I64], BLOCK_ROWS, Some((-5, 600))).expect("606 keys");
-        assert_eq!((k.group_base, k.sweeps), (Some(-5), 3));
+        let k = generate_with_keys(&prog, &[DType::I64], BLOCK_ROWS, Some(KeySlots::Range(-5, 600))).expect("606 keys");
+        assert_eq!((k.group_keys.as_ref().map(|g| g.key(0)), k.sweeps, k.thresholds.len()), (Some(-5), 3, 0));
         validate(&k.source);
-        let wide = generate_with_keys(&prog, &[DType::I32], BLOCK_ROWS, Some((0, 70_000)));
-        assert!(matches!(wide, Err(Error::Unsupported(_))), "more than 65,536 keys");
+        let wide = generate_with_keys(&prog, &[DType::I32], BLOCK_ROWS, Some(KeySlots::Range(0, 70_000)));
+        assert!(matches!(wide, Err(Error::Unsupported(_))), "a range of more than 65,536 keys");
+        // A table: one sweep per 256 keys, two words per key before the columns.
+        let table: Vec<i64> = (0..300)
+            .map(|j| (j - 150) * 1_000_000_007)
+            .chain([i64::MIN, i64::MAX])
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let k = generate_with_keys(&prog, &[DType::I64], BLOCK_ROWS, Some(KeySlots::Table(table.clone()))).expect("302 keys");
+        assert_eq!((k.sweeps, k.thresholds.len(), k.slot_offsets[0]), (2, 604, 604));
+        assert_eq!(k.group_keys.as_ref().map(|g| (g.key(0), g.key(301))), Some((i64::MIN as i128, i64::MAX as i128)));
+        // Order keys ascend as the keys do.
+        let order: Vec<u64> = k.thresholds.chunks(2).map(|w| (w[0] as u64) << 32 | w[1] as u64).collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "order keys ascend");
+        validate(&k.source);
+        let many = generate_with_keys(&prog, &[DType::I64], BLOCK_ROWS, Some(KeySlots::Table((0..70_000).collect())));
+        assert!(matches!(many, Err(Error::Unsupported(_))), "more than 65,536 keys");
     }
 
     #[test]
