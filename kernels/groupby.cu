@@ -1,5 +1,7 @@
 // The group-by kernel. Thread block (u, s) handles unit u (UNIT_ROWS rows of the tile)
-// for the WG keys of sweep s: thread t owns key `base + s * WG + t`. The unit's rows are
+// for the WG keys of sweep s: thread t owns slot s * WG + t, key `base + slot`, or with
+// KEY_COUNT defined, the slot's key in the table of the column's sorted distinct keys at the
+// start of the input buffer (KEY_COUNT i64 values; slots past them own no key). The unit's rows are
 // evaluated STAGE at a time into shared memory (STAGE <= WG, smaller when there are many
 // statistics, so that the stage fits in shared memory), then every thread scans them in
 // row order and
@@ -14,7 +16,14 @@ extern "C" __global__ void __launch_bounds__(WG) groupby(const u8* __restrict__ 
     const u32 lid = threadIdx.x;
     const u32 r0 = blockIdx.x * UNIT_ROWS;
     const u32 n = rows - r0 < UNIT_ROWS ? rows - r0 : UNIT_ROWS;
-    const i64 mine = base + (i64)blockIdx.y * WG + (i64)lid;
+    const u32 slot = blockIdx.y * WG + lid;
+#ifdef KEY_COUNT
+    const bool owns = slot < KEY_COUNT;
+    const i64 mine = owns ? ((const i64*)in)[slot] : 0;
+#else
+    const bool owns = true;
+    const i64 mine = base + (i64)slot;
+#endif
     __shared__ i64 sh_key[STAGE];
     __shared__ u8 sh_sel[STAGE];
 //@STAGE_DECL
@@ -35,7 +44,7 @@ extern "C" __global__ void __launch_bounds__(WG) groupby(const u8* __restrict__ 
         __syncthreads();
         const u32 m = n - c < STAGE ? n - c : STAGE;
         for (u32 t = 0; t < m; t++) {
-            if (sh_sel[t] != 0 && sh_key[t] == mine) {
+            if (sh_sel[t] != 0 && owns && sh_key[t] == mine) {
                 grows++;
 //@ACCUMULATE
             }

@@ -431,7 +431,7 @@ fn explain_program(prog: &FusedProgram, ds: &Dataset) -> String {
             format!(
                 "on the CPU, per {unit}-row unit dense key slots (direct table for 8/16-bit keys, hash map otherwise), f32 columns \
                  added row by row to their group's accumulators eight columns at a time, or four for four or fewer (up to 4096 \
-                 keys per unit with AVX2 or AVX-512; else gathered into key order); on wgpu, one workgroup per {}-row unit and per sweep of 256 key slots, \
+                 keys per unit with AVX2 or AVX-512; else gathered into key order); on wgpu and CUDA, one workgroup per {}-row unit and per sweep of 256 key slots, \
                  one thread per key walking its rows in order (a key wider than 8 bits is read on the host first: its slot is its distance \
                  from the smallest key, or its index among the column's sorted distinct keys, found by binary search, when those take fewer \
                  sweeps or the range spans more than {} values; at most that many distinct keys); partials merged in unit order",

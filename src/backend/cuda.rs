@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use crate::backend::cuda_gen::{self, Kernel};
 use crate::backend::nvrtc::{self, Nvrtc};
-use crate::backend::{Backend, TileOut, TileResult};
+use crate::backend::{Backend, KeySlots, TileOut, TileResult};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::exec;
@@ -419,7 +419,7 @@ impl Backend for Cuda {
         let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
         let keys = match prog.key {
             Some(k) if dtypes[k].is_float() => return Err(Error::Unsupported("a group-by on a float key on the cuda backend".to_string())),
-            Some(k) if dtypes[k].size() > 1 => Some(crate::backend::key_range(ds, prog.inputs[k], "cuda")?),
+            Some(k) if dtypes[k].size() > 1 => Some(crate::backend::group_keys(ds, prog.inputs[k], cuda_gen::THREADS as u64, "cuda")?),
             _ => None,
         };
         crate::backend::InjectedFault::at_prepare(&self.gpu.name, tile_rows)?;
@@ -447,7 +447,14 @@ impl Backend for Cuda {
                 })
             })();
             match buffers {
-                Ok(s) => slots.push(Mutex::new(s)),
+                Ok(mut s) => {
+                    // A table of keys: the input buffer's first bytes, staged once (`submit`
+                    // copies them with every tile).
+                    if let Some(KeySlots::Table(t)) = &kernel.group_keys {
+                        s.h_in.bytes_mut()[..t.len() * 8].copy_from_slice(bytemuck::cast_slice(t));
+                    }
+                    slots.push(Mutex::new(s))
+                }
                 Err(e) => {
                     // SAFETY: the stream was just created and has no work.
                     unsafe {
@@ -483,6 +490,10 @@ impl Backend for Cuda {
         let mut slot = prep.slots[index].lock().map_err(|_| device_error(&gpu.name, "a previous run panicked during a tile"))?;
         let slot = &mut *slot;
         let stream = slot.stream;
+        if let Some(KeySlots::Table(t)) = &k.group_keys {
+            // SAFETY: as below; the pinned prefix holds the table (written in `prepare`).
+            gpu.check("cuMemcpyHtoDAsync", unsafe { cu::memcpy_htod_async(slot.d_in.ptr, &slot.h_in.bytes()[..t.len() * 8], stream) })?;
+        }
         // Stage the tile's columns (each read once from the mapped file), then copy them.
         for (i, &col) in prep.inputs.iter().enumerate() {
             let size = prep.dtypes[i].size();
@@ -502,8 +513,11 @@ impl Backend for Cuda {
         let mut rows32 = u32::try_from(rows)
             .map_err(|_| device_error(&gpu.name, format!("a tile of {rows} rows (the kernels index rows in 32 bits)")))?;
         let (mut p_in, mut p_part, mut p_hist, mut p_out) = (slot.d_in.ptr, slot.d_part.ptr, slot.d_hist.ptr, slot.d_out.ptr);
-        let mut base = k.group_base.unwrap_or(0);
-        let mut params: Vec<*mut c_void> = if k.group_base.is_some() {
+        let mut base = match &k.group_keys {
+            Some(KeySlots::Range(lo, _)) => *lo,
+            _ => 0,
+        };
+        let mut params: Vec<*mut c_void> = if k.group_keys.is_some() {
             vec![
                 (&mut p_in as *mut u64).cast(),
                 (&mut p_part as *mut u64).cast(),
@@ -551,7 +565,7 @@ impl Backend for Cuda {
         gpu.check("cuStreamSynchronize (the tile's kernel and copies)", unsafe { cu::stream::synchronize(slot.stream) })?;
         let k = &prep.kernel;
         let part = slot.h_part.words((t.units * prep.part_words_per_unit) as usize);
-        if k.group_base.is_some() {
+        if k.group_keys.is_some() {
             return Ok(cuda_gen::decode_groups(k, t.units as usize, part));
         }
         let hist = if prep.hist_bins.is_empty() { &[][..] } else { slot.h_hist.words(k.hist_words as usize) };

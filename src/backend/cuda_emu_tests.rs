@@ -10,7 +10,7 @@ use std::process::Command;
 use crate::accum::BlockStats;
 use crate::backend::cpu::Cpu;
 use crate::backend::cuda_gen::{self, Kernel};
-use crate::backend::{Backend, TileOut, TileResult};
+use crate::backend::{Backend, KeySlots, TileOut, TileResult};
 use crate::dtype::DType;
 use crate::exec::{self, BLOCK_ROWS, GROUP_BLOCK_ROWS};
 use crate::ops::{Cmp, Op, VType};
@@ -121,11 +121,14 @@ fn dataset(dir: &Path, rows: usize, seed: u64) -> Dataset {
 /// Runs `prog` over all of `ds` as one tile under the emulation; returns the partials and
 /// the output columns (block b's rows packed from row b * BLOCK_ROWS on: programs with
 /// outputs have no key, so their unit is a block).
-fn emulate(dir: &Path, prog: &FusedProgram, ds: &Dataset, keys: Option<(i64, i64)>) -> (TileResult, Vec<Vec<u8>>) {
+fn emulate(dir: &Path, prog: &FusedProgram, ds: &Dataset, keys: Option<KeySlots>) -> (TileResult, Vec<Vec<u8>>) {
     let rows = ds.rows();
     let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
     let k: Kernel = cuda_gen::generate(prog, &dtypes, rows, keys).expect("generate");
     let mut input = vec![0u8; k.in_bytes as usize];
+    if let Some(KeySlots::Table(t)) = &k.group_keys {
+        input[..t.len() * 8].copy_from_slice(bytemuck::cast_slice(t));
+    }
     for (i, &c) in prog.inputs.iter().enumerate() {
         let span = ds.column_span(c, 0, rows);
         let at = k.in_offsets[i] as usize;
@@ -135,7 +138,7 @@ fn emulate(dir: &Path, prog: &FusedProgram, ds: &Dataset, keys: Option<(i64, i64
     std::fs::write(dir.join("kernel.cu"), &k.source).expect("write kernel");
     std::fs::write(dir.join("emu.h"), EMU).expect("write emu");
     std::fs::write(dir.join("main.cpp"), MAIN).expect("write main");
-    let entry = if k.group_base.is_some() { "-DENTRY_GROUPBY" } else { "-DENTRY_FUSED" };
+    let entry = if k.group_keys.is_some() { "-DENTRY_GROUPBY" } else { "-DENTRY_FUSED" };
     let built = Command::new("g++")
         .current_dir(dir)
         .args(["-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-w", entry, "-include", "emu.h", "-include", "kernel.cu"])
@@ -145,7 +148,7 @@ fn emulate(dir: &Path, prog: &FusedProgram, ds: &Dataset, keys: Option<(i64, i64
     assert!(built.status.success(), "g++ failed:\n{}", String::from_utf8_lossy(&built.stderr));
     let unit = exec::unit_rows(prog);
     let units = rows.div_ceil(unit);
-    let part_words = units * k.part_words * if k.group_base.is_some() { k.sweeps * cuda_gen::THREADS as u64 } else { 1 };
+    let part_words = units * k.part_words * if k.group_keys.is_some() { k.sweeps * cuda_gen::THREADS as u64 } else { 1 };
     let ran = Command::new(dir.join("kernel"))
         .current_dir(dir)
         .args([
@@ -157,7 +160,10 @@ fn emulate(dir: &Path, prog: &FusedProgram, ds: &Dataset, keys: Option<(i64, i64
             rows.to_string(),
             units.to_string(),
             k.sweeps.to_string(),
-            k.group_base.unwrap_or(0).to_string(),
+            match &k.group_keys {
+                Some(KeySlots::Range(lo, _)) => lo.to_string(),
+                _ => "0".to_string(),
+            },
         ])
         .output()
         .expect("run kernel");
@@ -170,7 +176,7 @@ fn emulate(dir: &Path, prog: &FusedProgram, ds: &Dataset, keys: Option<(i64, i64
             .collect()
     };
     let part = words("part.bin");
-    let res = if k.group_base.is_some() {
+    let res = if k.group_keys.is_some() {
         cuda_gen::decode_groups(&k, units as usize, &part)
     } else {
         let bins: Vec<u32> = prog.hists.iter().map(|h| h.bins).collect();
@@ -407,7 +413,7 @@ fn emulated_cuda_group_by_matches_the_cpu_backend() {
     let ds = dataset(&dir, GROUP_BLOCK_ROWS as usize + 3000, seed);
     let slot = |d: DType| DType::ALL.iter().position(|&x| x == d).unwrap_or(0);
     let (base, regs) = ops_program(&ds);
-    for (key, keys) in [(DType::U8, None), (DType::I8, None), (DType::Bool, None)] {
+    for key in [DType::U8, DType::I8, DType::Bool] {
         let mut p = base.clone();
         p.key = Some(slot(key));
         p.stats = [DType::F32, DType::F64, DType::BF16, DType::I64, DType::U64, DType::U16]
@@ -417,7 +423,7 @@ fn emulated_cuda_group_by_matches_the_cpu_backend() {
             .collect();
         for m in [None, Some(regs[regs.len() - 3])] {
             p.mask = m;
-            compare(&p, &emulate(&dir, &p, &ds, keys), &cpu(&p, &ds), &format!("group by {key}, mask {m:?}"));
+            compare(&p, &emulate(&dir, &p, &ds, None), &cpu(&p, &ds), &format!("group by {key}, mask {m:?}"));
         }
     }
     // Many statistics: fewer rows staged at once (so that the stage fits in shared memory).
@@ -435,19 +441,30 @@ fn emulated_cuda_group_by_wide_keys() {
         return;
     }
     let dir = scratch("widekeys");
-    // A u16 key column with values in 0..700 (three sweeps of 256 keys).
+    // A u16 key column with values in 0..700 (three sweeps of 256 keys by their range), and
+    // an i64 one of 300 values over the whole i64 range, its ends included (a table of keys).
     let rows = 40_000usize;
     let mut rng = Rng::new(test_seed());
     let key: Vec<u8> = (0..rows).flat_map(|_| ((rng.next_u64() % 700) as u16).to_le_bytes()).collect();
+    let pick: Vec<i64> = (0..300).map(|j| [i64::MIN, i64::MAX].get(j).copied().unwrap_or(rng.next_u64() as i64)).collect();
+    let wide: Vec<u8> = (0..rows).flat_map(|_| pick[(rng.uniform() * rng.uniform() * 300.0) as usize].to_le_bytes()).collect();
     let val: Vec<u8> = (0..rows).flat_map(|_| (rng.normal() as f32).to_le_bytes()).collect();
     let path = dir.join("k.safetensors");
-    let cols = vec![OutputColumn { name: "k".into(), dtype: DType::U16 }, OutputColumn { name: "v".into(), dtype: DType::F32 }];
+    let cols = vec![
+        OutputColumn { name: "k".into(), dtype: DType::U16 },
+        OutputColumn { name: "w".into(), dtype: DType::I64 },
+        OutputColumn { name: "v".into(), dtype: DType::F32 },
+    ];
     let mut w = TableWriter::create(&path, OutputFormat::Safetensors, cols, rows as u64, true).expect("writer");
-    w.write_tile(rows, &[&key, &val]).expect("write");
+    w.write_tile(rows, &[&key, &wide, &val]).expect("write");
     w.finish().expect("finish");
     let ds = Dataset::open(&path).expect("open");
-    let range = crate::backend::key_range(&ds, 0, "cuda").expect("key range");
-    let p = FusedProgram { inputs: vec![0, 1], key: Some(0), stats: vec![Source::Slot(1), Source::Slot(0)], ..FusedProgram::default() };
-    compare(&p, &emulate(&dir, &p, &ds, Some(range)), &cpu(&p, &ds), "u16 keys");
+    for (col, table) in [(0, false), (1, true)] {
+        let keys = crate::backend::group_keys(&ds, col, cuda_gen::THREADS as u64, "cuda").expect("keys");
+        assert_eq!(matches!(keys, KeySlots::Table(_)), table, "column {col}: {keys:?}");
+        let p =
+            FusedProgram { inputs: vec![col, 2], key: Some(0), stats: vec![Source::Slot(1), Source::Slot(0)], ..FusedProgram::default() };
+        compare(&p, &emulate(&dir, &p, &ds, Some(keys)), &cpu(&p, &ds), &format!("keys of column {col}"));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

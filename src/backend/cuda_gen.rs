@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use crate::accum::{BlockStats, HistAcc, bin_scale};
 use crate::backend::cpu::is_raw_copy;
-use crate::backend::{BlockPartial, TileResult};
+use crate::backend::{BlockPartial, KeySlots, TileResult};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::exec::{BLOCK_ROWS, GROUP_BLOCK_ROWS};
@@ -28,7 +28,7 @@ pub(crate) const THREADS: u32 = 256;
 pub(crate) const STAT_WORDS: usize = 12;
 /// Histogram slots (bins + below, above, NaN, over all histograms) counted in shared memory.
 const SHARED_HIST_SLOTS: u64 = 4096;
-/// The most distinct keys a group-by may span on CUDA (one sweep of 256 keys per block row).
+/// The most key slots of a group-by on CUDA (one sweep of 256 slots per block row).
 pub(crate) const MAX_KEY_SPAN: u64 = 65_536;
 /// Byte alignment of each column in the input and output buffers.
 const ALIGN: u64 = 256;
@@ -67,8 +67,9 @@ pub(crate) struct Kernel {
     pub out_offsets: Vec<u64>,
     /// Bytes of the output buffer for a full tile.
     pub out_bytes: u64,
-    /// For a group-by: the key of thread 0 of sweep 0.
-    pub group_base: Option<i64>,
+    /// For a group-by: the keys of its slots (thread t of sweep w owns slot `256 w + t`); a
+    /// table of keys lies at the start of the input buffer, as i64.
+    pub group_keys: Option<KeySlots>,
     /// For a group-by: sweeps of 256 keys per unit.
     pub sweeps: u64,
 }
@@ -115,9 +116,8 @@ fn offsets(sizes: impl Iterator<Item = usize>, cap_rows: u64) -> (Vec<u64>, u64)
 }
 
 /// Generates the kernel of `prog` over columns of `dtypes` (one per input slot), for tiles
-/// of `cap_rows` rows. A group-by on a key wider than 8 bits needs `keys`, the smallest
-/// and largest key value.
-pub(crate) fn generate(prog: &FusedProgram, dtypes: &[DType], cap_rows: u64, keys: Option<(i64, i64)>) -> Result<Kernel> {
+/// of `cap_rows` rows. A group-by on a key wider than 8 bits needs `keys`.
+pub(crate) fn generate(prog: &FusedProgram, dtypes: &[DType], cap_rows: u64, keys: Option<KeySlots>) -> Result<Kernel> {
     let g = Gen { prog, dtypes };
     let (in_offsets, in_bytes) = offsets(dtypes.iter().map(|d| d.size()), cap_rows);
     if prog.key.is_some() {
@@ -288,7 +288,7 @@ pub(crate) fn generate(prog: &FusedProgram, dtypes: &[DType], cap_rows: u64, key
         hist_words: hist_words.max(1),
         out_offsets,
         out_bytes,
-        group_base: None,
+        group_keys: None,
         sweeps: 1,
     })
 }
@@ -326,23 +326,39 @@ struct Gen<'a> {
 impl Gen<'_> {
     /// The group-by kernel: statistics per key per unit of `GROUP_BLOCK_ROWS` rows, in
     /// sweeps of 256 keys.
-    fn group_by(&self, in_offsets: Vec<u64>, in_bytes: u64, keys: Option<(i64, i64)>) -> Result<Kernel> {
+    fn group_by(&self, in_offsets: Vec<u64>, in_bytes: u64, keys: Option<KeySlots>) -> Result<Kernel> {
         let prog = self.prog;
         let key = prog.key.unwrap_or(0);
         if !prog.hists.is_empty() || !prog.outputs.is_empty() {
             return Err(unsupported("histograms or output columns in a group-by"));
         }
-        let (lo, hi) = match (self.dtypes[key], keys) {
-            (DType::U8 | DType::Bool, _) => (0, 255),
-            (DType::I8, _) => (-128, 127),
-            (_, Some(range)) => range,
-            (d, None) => return Err(unsupported(format!("group-by on a {d} key without its key range"))),
+        let keys = match (self.dtypes[key], keys) {
+            (DType::U8 | DType::Bool, _) => KeySlots::Range(0, 255),
+            (DType::I8, _) => KeySlots::Range(-128, 127),
+            (_, Some(keys)) => keys,
+            (d, None) => return Err(unsupported(format!("group-by on a {d} key without its keys"))),
         };
-        let span = (hi as i128 - lo as i128 + 1).max(1) as u64;
-        if span > MAX_KEY_SPAN {
-            return Err(unsupported(format!("a group-by whose keys span more than {MAX_KEY_SPAN} values ({lo} to {hi})")));
-        }
-        let sweeps = span.div_ceil(THREADS as u64);
+        // Slots, and the bytes of the key table before the columns.
+        let (slots, table_bytes) = match &keys {
+            KeySlots::Range(lo, hi) => {
+                let span = (*hi as i128 - *lo as i128 + 1).max(1) as u64;
+                if span > MAX_KEY_SPAN {
+                    return Err(unsupported(format!(
+                        "a group-by whose keys span more than {MAX_KEY_SPAN} values ({lo} to {hi}) without their table"
+                    )));
+                }
+                (span, 0)
+            }
+            KeySlots::Table(t) => {
+                if t.len() as u64 > MAX_KEY_SPAN {
+                    return Err(unsupported(format!("a group-by on {} distinct keys (at most {MAX_KEY_SPAN})", t.len())));
+                }
+                (t.len().max(1) as u64, (t.len() as u64 * 8).next_multiple_of(ALIGN))
+            }
+        };
+        let in_offsets: Vec<u64> = in_offsets.iter().map(|o| o + table_bytes).collect();
+        let in_bytes = in_bytes + table_bytes;
+        let sweeps = slots.div_ceil(THREADS as u64);
         let s = prog.stats.len();
         let rec_words = 1 + STAT_WORDS * s;
         let mut fields = String::from("    bool mask;\n    i64 key;\n");
@@ -383,8 +399,12 @@ impl Gen<'_> {
         if stage_rows < 32 {
             return Err(unsupported(format!("a group-by of {s} statistics (their rows would not fit in shared memory)")));
         }
+        let key_count = match &keys {
+            KeySlots::Table(t) => format!("#define KEY_COUNT {}u\n", t.len()),
+            KeySlots::Range(..) => String::new(),
+        };
         let defs = format!(
-            "#define WG {THREADS}u\n#define STAGE {stage_rows}u\n#define UNIT_ROWS {GROUP_BLOCK_ROWS}u\n#define REC_WORDS {rec_words}ull\n\nstruct Row {{\n{fields}}};\n\n\
+            "#define WG {THREADS}u\n#define STAGE {stage_rows}u\n#define UNIT_ROWS {GROUP_BLOCK_ROWS}u\n#define REC_WORDS {rec_words}ull\n{key_count}\nstruct Row {{\n{fields}}};\n\n\
              __device__ __forceinline__ void eval_row(const u8* __restrict__ in, u32 i, Row& row) {{\n{eval}}}\n"
         );
         let source = assemble(
@@ -409,7 +429,7 @@ impl Gen<'_> {
             hist_words: 1,
             out_offsets: Vec::new(),
             out_bytes: ALIGN,
-            group_base: Some(lo),
+            group_keys: Some(keys),
             sweeps,
         })
     }
@@ -690,7 +710,7 @@ pub(crate) fn decode(k: &Kernel, blocks: usize, part: &[u64], hist: &[u64], hist
 /// The partials of one tile of the group-by kernel over `units` units: per unit, the keys
 /// that saw rows, in key order.
 pub(crate) fn decode_groups(k: &Kernel, units: usize, part: &[u64]) -> TileResult {
-    let base = k.group_base.unwrap_or(0) as i128;
+    let keys = k.group_keys.as_ref().unwrap_or(&KeySlots::Range(0, 0));
     let pw = k.part_words as usize;
     let threads = THREADS as usize;
     let mut res = TileResult::default();
@@ -705,7 +725,7 @@ pub(crate) fn decode_groups(k: &Kernel, units: usize, part: &[u64]) -> TileResul
                 bp.selected += w[0];
                 let stats =
                     k.stat_domains.iter().enumerate().map(|(i, &dom)| block_stats(dom, &w[1 + STAT_WORDS * i..][..STAT_WORDS])).collect();
-                bp.groups.push((base + (sweep * threads + t) as i128, w[0], stats));
+                bp.groups.push((keys.key(sweep * threads + t), w[0], stats));
             }
         }
         res.blocks.push(bp);
@@ -767,9 +787,14 @@ mod tests {
                 corpus.push((prog, dtypes));
             }
         }
+        // The first group-by also by a table of keys.
+        if let Some(g) = corpus.iter().find(|(p, _)| p.key.is_some()).cloned() {
+            corpus.push(g);
+        }
+        let table_from = corpus.len() - 1;
         let mut jobs = Vec::new();
         for (n, (prog, dtypes)) in corpus.iter().enumerate() {
-            let keys = prog.key.map(|_| (-5, 600));
+            let keys = prog.key.map(|_| if n == table_from { KeySlots::Table(vec![-7, 3, 1 << 40]) } else { KeySlots::Range(-5, 600) });
             let k = generate(prog, dtypes, 4 * BLOCK_ROWS, keys).unwrap_or_else(|e| panic!("corpus program {n}: {e}"));
             // The first NVRTC found for an H200 and for its oldest architecture; the others for an H200.
             for (i, lib) in found.iter().enumerate() {
@@ -803,12 +828,24 @@ mod tests {
         let prog = FusedProgram { inputs: vec![0], key: Some(0), ..FusedProgram::default() };
         assert!(matches!(generate(&prog, &[DType::U16], BLOCK_ROWS, None), Err(Error::Unsupported(_))), "a wide key needs its range");
         assert_eq!(generate(&prog, &[DType::U8], BLOCK_ROWS, None).map(|k| k.sweeps).ok(), Some(1));
-        let k = generate(&prog, &[DType::I64], BLOCK_ROWS, Some((-5, 600))).expect("606 keys");
-        assert_eq!((k.group_base, k.sweeps), (Some(-5), 3));
-        let wide = generate(&prog, &[DType::I32], BLOCK_ROWS, Some((0, 70_000)));
-        assert!(matches!(wide, Err(Error::Unsupported(_))), "more than 65,536 keys");
+        let k = generate(&prog, &[DType::I64], BLOCK_ROWS, Some(KeySlots::Range(-5, 600))).expect("606 keys");
+        assert_eq!((k.group_keys.as_ref().map(|g| g.key(0)), k.sweeps, k.in_offsets[0]), (Some(-5), 3, 0));
+        let wide = generate(&prog, &[DType::I32], BLOCK_ROWS, Some(KeySlots::Range(0, 70_000)));
+        assert!(matches!(wide, Err(Error::Unsupported(_))), "a range of more than 65,536 keys");
+        // A table of 302 keys: two sweeps; the columns start after its 2,416 bytes (aligned).
+        let table: Vec<i64> = (0..300)
+            .map(|j| (j - 150) * 1_000_000_007)
+            .chain([i64::MIN, i64::MAX])
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let k = generate(&prog, &[DType::I64], BLOCK_ROWS, Some(KeySlots::Table(table))).expect("302 keys");
+        assert_eq!((k.sweeps, k.in_offsets[0]), (2, 2560));
+        assert!(k.source.contains("#define KEY_COUNT 302u"), "the kernel knows the table");
+        let many = generate(&prog, &[DType::I64], BLOCK_ROWS, Some(KeySlots::Table((0..70_000).collect())));
+        assert!(matches!(many, Err(Error::Unsupported(_))), "more than 65,536 keys");
         let float = FusedProgram { inputs: vec![0], key: Some(0), ..FusedProgram::default() };
-        assert!(matches!(generate(&float, &[DType::F32], BLOCK_ROWS, Some((0, 1))), Err(Error::Unsupported(_))));
+        assert!(matches!(generate(&float, &[DType::F32], BLOCK_ROWS, Some(KeySlots::Range(0, 1))), Err(Error::Unsupported(_))));
     }
 
     #[test]

@@ -177,6 +177,29 @@ fn wgpu_named(name: &str, _index: Option<&str>) -> Result<Device> {
     Err(Error::BackendUnavailable { device: name.to_string(), reason: "this build of tilestream has the `wgpu` feature off".to_string() })
 }
 
+/// How a GPU group-by kernel numbers the values of its key: the slots of its sweeps. A key
+/// wider than 8 bits is read on the host first (`group_keys`).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum KeySlots {
+    /// The keys `lo..=hi`: slot `key - lo`.
+    Range(i64, i64),
+    /// These sorted distinct keys: slot = the key's index, found by a binary search per row
+    /// (fewer sweeps than their range, or a range wider than `MAX_GROUPS` values).
+    Table(Vec<i64>),
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl KeySlots {
+    /// The key of slot `j`.
+    pub(crate) fn key(&self, j: usize) -> i128 {
+        match self {
+            KeySlots::Range(lo, _) => *lo as i128 + j as i128,
+            KeySlots::Table(keys) => keys[j] as i128,
+        }
+    }
+}
+
 /// Calls `f` with every value of an integer key column as an i64 (a host pass over the
 /// column; u64 values beyond i64 are `Unsupported`). `device` names the backend in errors.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -205,9 +228,9 @@ fn each_key(ds: &Dataset, col: usize, device: &str, mut f: impl FnMut(i64) -> Re
 }
 
 /// The smallest and largest value of an integer key column (a host pass over the column):
-/// a GPU group-by sizes its key sweeps from it. `device` names the backend in errors.
+/// `group_keys` sizes a GPU group-by's key sweeps from it. `device` names the backend in errors.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-pub(crate) fn key_range(ds: &Dataset, col: usize, device: &str) -> Result<(i64, i64)> {
+fn key_range(ds: &Dataset, col: usize, device: &str) -> Result<(i64, i64)> {
     let (mut lo, mut hi) = (i64::MAX, i64::MIN);
     each_key(ds, col, device, |v| {
         lo = lo.min(v);
@@ -222,8 +245,8 @@ pub(crate) fn key_range(ds: &Dataset, col: usize, device: &str) -> Result<(i64, 
 /// needs fewer sweeps over them than over the range, or the range spans more than
 /// `MAX_GROUPS` values; `None` when the range does as well. More than `MAX_GROUPS` distinct
 /// keys is `Unsupported` (the CPU runs such a query, or says that its groups are too many).
-#[cfg(feature = "wgpu")]
-pub(crate) fn key_table(ds: &Dataset, col: usize, range: (i64, i64), per_sweep: u64, device: &str) -> Result<Option<Vec<i64>>> {
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn key_table(ds: &Dataset, col: usize, range: (i64, i64), per_sweep: u64, device: &str) -> Result<Option<Vec<i64>>> {
     let max = crate::exec::MAX_GROUPS;
     let (lo, hi) = range;
     let span = (hi as i128 - lo as i128 + 1) as u128;
@@ -270,6 +293,19 @@ pub(crate) fn key_table(ds: &Dataset, col: usize, range: (i64, i64), per_sweep: 
     };
     let sweeps = |n: u128| n.div_ceil(per_sweep as u128);
     Ok((span > max as u128 || sweeps(keys.len() as u128) < sweeps(span)).then_some(keys))
+}
+
+/// How a GPU group-by taking `per_sweep` keys per sweep numbers the keys of integer column
+/// `col` wider than 8 bits: by their range, or by a table of their distinct values when that
+/// takes fewer sweeps or the range spans more than `MAX_GROUPS` values (one or two host
+/// passes over the column).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub(crate) fn group_keys(ds: &Dataset, col: usize, per_sweep: u64, device: &str) -> Result<KeySlots> {
+    let (lo, hi) = key_range(ds, col, device)?;
+    Ok(match key_table(ds, col, (lo, hi), per_sweep, device)? {
+        Some(table) => KeySlots::Table(table),
+        None => KeySlots::Range(lo, hi),
+    })
 }
 
 /// A failure injected into the GPU backends for tests, from `TILESTREAM_GPU_FAULT`:

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::accum::{BlockStats, HistAcc};
 use crate::backend::wgsl::{self, Domain, Kernel, STAT_COUNTERS, STAT_WORDS};
-use crate::backend::{Backend, BlockPartial, TileOut, TileResult};
+use crate::backend::{Backend, BlockPartial, KeySlots, TileOut, TileResult};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::exec::{self, BLOCK_ROWS};
@@ -288,14 +288,7 @@ impl Backend for Wgpu {
     fn prepare(&self, prog: &FusedProgram, ds: &Dataset, tile_rows: u64) -> Result<Prepared> {
         let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
         let keys = match prog.key {
-            Some(k) if dtypes[k].size() > 1 => {
-                let col = prog.inputs[k];
-                let (lo, hi) = crate::backend::key_range(ds, col, "wgpu")?;
-                Some(match crate::backend::key_table(ds, col, (lo, hi), wgsl::GROUP_SLOTS, "wgpu")? {
-                    Some(table) => wgsl::KeySlots::Table(table),
-                    None => wgsl::KeySlots::Range(lo, hi),
-                })
-            }
+            Some(k) if dtypes[k].size() > 1 => Some(crate::backend::group_keys(ds, prog.inputs[k], wgsl::GROUP_SLOTS, "wgpu")?),
             _ => None,
         };
         crate::backend::InjectedFault::at_prepare(&self.gpu.name, tile_rows)?;
@@ -556,7 +549,7 @@ fn block_stats(dom: Domain, c: &[u32], w: &[u32]) -> Result<BlockStats> {
 }
 
 /// The partials of a group-by tile: per unit, the keys that saw rows.
-fn decode_groups(k: &Kernel, keys: &wgsl::KeySlots, units: u64, part: &[u32]) -> Result<TileResult> {
+fn decode_groups(k: &Kernel, keys: &KeySlots, units: u64, part: &[u32]) -> Result<TileResult> {
     let per_slot = (k.part_words / k.sweeps / wgsl::GROUP_SLOTS) as usize;
     let slots = wgsl::GROUP_SLOTS as usize;
     let mut res = TileResult::default();

@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 
 use crate::accum::{Outside, bin_of, bin_scale};
+use crate::backend::KeySlots;
 use crate::backend::cpu::is_raw_copy;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -189,27 +190,6 @@ fn key_code(k: vec2<u32>) -> vec2<u32> {
 
 fn unsupported(what: impl Into<String>) -> Error {
     Error::Unsupported(format!("{} on the wgpu backend", what.into()))
-}
-
-/// How a group-by kernel numbers the values of its key: the slots of its sweeps. A key wider
-/// than 8 bits is read on the host first (`backend::key_range`, `backend::key_table`).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum KeySlots {
-    /// The keys `lo..=hi`: slot `key - lo`.
-    Range(i64, i64),
-    /// These sorted distinct keys: slot = the key's index, found by a binary search per row
-    /// (fewer sweeps than their range, or a range wider than `MAX_GROUPS` values).
-    Table(Vec<i64>),
-}
-
-impl KeySlots {
-    /// The key of slot `j`.
-    pub(crate) fn key(&self, j: usize) -> i128 {
-        match self {
-            KeySlots::Range(lo, _) => *lo as i128 + j as i128,
-            KeySlots::Table(keys) => keys[j] as i128,
-        }
-    }
 }
 
 /// Generates the kernel of `prog` over columns of `dtypes` (one per input slot), for tiles
