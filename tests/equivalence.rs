@@ -159,6 +159,26 @@ fn stats_filters_and_groups_match_reference() {
         // An i8 key with negative values and gaps (8-bit keys are their own group slots).
         let j: Vec<i8> = (0..rows).map(|_| [-128, -7, -1, 0, 3, 127][(rng.uniform() * rng.uniform() * 6.0) as usize]).collect();
         cols.push(ColData { name: "j".into(), dtype: DType::I8, bytes: bytemuck::cast_slice(&j).to_vec() });
+        // 64-bit keys (the CPU's table of wide keys): w, 700 i64 values over the whole range
+        // (its ends, -1 and 0 included); x, 300 u64 values, half of them at or above 2^63.
+        // A third of the rows repeat the previous row's key (runs of one key).
+        let wide_keys = |rng: &mut Rng, fixed: &[u64], n: usize, top: u64| -> Vec<u64> {
+            let pick: Vec<u64> =
+                (0..n).map(|i| fixed.get(i).copied().unwrap_or_else(|| rng.next_u64() >> (rng.next_u64() % 2) | top)).collect();
+            let mut prev = pick[0];
+            (0..rows)
+                .map(|_| {
+                    if rng.uniform() > 0.33 {
+                        prev = pick[(rng.uniform() * rng.uniform() * n as f64) as usize];
+                    }
+                    prev
+                })
+                .collect()
+        };
+        let w = wide_keys(&mut rng, &[i64::MIN as u64, i64::MAX as u64, u64::MAX, 0], 700, 0);
+        cols.push(ColData { name: "w".into(), dtype: DType::I64, bytes: bytemuck::cast_slice(&w).to_vec() });
+        let x = wide_keys(&mut rng, &[u64::MAX, 1 << 63, 0, 1], 300, 0);
+        cols.push(ColData { name: "x".into(), dtype: DType::U64, bytes: bytemuck::cast_slice(&x).to_vec() });
         let path = dir.path(&format!("t{rows}.safetensors"));
         write_safetensors(&path, rows, &cols);
         let ds = Dataset::open(&path).unwrap();
@@ -175,11 +195,12 @@ fn stats_filters_and_groups_match_reference() {
                 let kc = ds.column_index(key).unwrap();
                 let mut by_key = std::collections::BTreeMap::<i128, Vec<u64>>::new();
                 for &r in &sel {
-                    by_key.entry(reference::raw_f64(&ds, kc, r) as i128).or_default().push(r);
+                    let RefVal::I(k) = reference::raw(&ds, kc, r) else { panic!("{key} is an integer column") };
+                    by_key.entry(k).or_default().push(r);
                 }
                 by_key
             };
-            let by_key = [("k", groups("k")), ("j", groups("j")), ("s", groups("s"))];
+            let by_key = [("k", groups("k")), ("j", groups("j")), ("s", groups("s")), ("w", groups("w")), ("x", groups("x"))];
             for dev in devices() {
                 let mut first: Option<String> = None;
                 for opts in budgets() {
@@ -198,8 +219,8 @@ fn stats_filters_and_groups_match_reference() {
                         None => first = Some(text),
                         Some(f) => assert_eq!(f, &text, "{what}: results depend on the tile size or threads"),
                     }
-                    // Group-by u8 keys, and on the CPU i8 and i16 keys (tests/gpu.rs groups the
-                    // GPUs by i16 keys; on the software adapter every key is slow).
+                    // Group-by u8 keys, and on the CPU i8, i16, i64 and u64 keys (tests/gpu.rs
+                    // groups the GPUs by wide keys; on the software adapter every key is slow).
                     let keys = if matches!(dev, Device::Cpu) { &by_key[..] } else { &by_key[..1] };
                     for (key, want) in keys {
                         let g = lf
