@@ -84,6 +84,13 @@ fn i64_from_u32(v: u32) -> vec2<u32> { return vec2<u32>(v, 0u); }
 fn i64_from_u64(v: vec2<u32>) -> vec2<u32> {
     return select(v, vec2<u32>(0xffffffffu, 0x7fffffffu), (v.y & 0x80000000u) != 0u);
 }
+// The order key of an f64's bits (`f64_order_key` on the host), an i64: f64 values compare
+// as the floats do (-0 made 0; NaN keys lie outside those of -inf..=inf).
+fn f64_order_key(b: vec2<u32>) -> vec2<u32> {
+    if ((b.y & 0x80000000u) == 0u) { return b; }
+    if (b.x == 0u && b.y == 0x80000000u) { return vec2<u32>(0u, 0u); }
+    return vec2<u32>(~b.x, b.y ^ 0x7fffffffu);
+}
 // Order key (high word first) of an i64.
 fn i64_key(a: vec2<u32>) -> vec2<u32> { return vec2<u32>(a.y ^ 0x80000000u, a.x); }
 

@@ -35,6 +35,13 @@ pub enum Instr {
         /// Register type to convert to.
         ty: VType,
     },
+    /// The order key of f64 input slot `slot` (`f64_order_key`): an integer register in which
+    /// the column's values compare exactly as the f64 values do, so that comparisons of f64
+    /// columns need no f32 rounding.
+    LoadKey {
+        /// Input slot (an f64 column).
+        slot: usize,
+    },
     /// A constant.
     Const(Value),
     /// An op over earlier registers (`args[..arity]`).
@@ -128,6 +135,7 @@ impl FusedProgram {
     pub fn reg_type(&self, r: Reg) -> VType {
         match &self.instrs[r] {
             Instr::Load { ty, .. } => *ty,
+            Instr::LoadKey { .. } => VType::Int,
             Instr::Const(Value::F(_)) => VType::F32,
             Instr::Const(Value::I(_)) => VType::Int,
             Instr::Const(Value::B(_)) => VType::Bool,
@@ -145,6 +153,7 @@ impl FusedProgram {
         for (r, ins) in self.instrs.iter().enumerate() {
             let _ = match ins {
                 Instr::Load { slot, ty } => writeln!(s, "  r{r}: {ty:?} = load in{slot}"),
+                Instr::LoadKey { slot } => writeln!(s, "  r{r}: Int = order key of in{slot}"),
                 Instr::Const(v) => writeln!(s, "  r{r}: {:?} = const {v:?}", self.reg_type(r)),
                 Instr::Op { op, args } => {
                     let n = op.signature().0.len();
@@ -367,6 +376,9 @@ impl<'a> Builder<'a> {
             BinOp::Eq => Cmp::Eq,
             _ => Cmp::Ne,
         };
+        if let Some(r) = self.f64_comparison(cmp, a, b) {
+            return Ok(r);
+        }
         let (ra, rb) = (self.expr(a)?, self.expr(b)?);
         let (ta, tb) = (self.prog.reg_type(ra), self.prog.reg_type(rb));
         match (ta, tb) {
@@ -382,6 +394,86 @@ impl<'a> Builder<'a> {
             }
             _ => self.float_op(Op::CmpF(cmp), &[ra, rb], e),
         }
+    }
+
+    /// Dataset column `e` names when it is an f64 column (not a `with` column).
+    fn f64_column(&self, e: &Expr) -> Option<usize> {
+        let ExprKind::Col(name) = &e.kind else { return None };
+        if self.named.contains_key(name) {
+            return None;
+        }
+        let c = self.ds.column_index(name).ok()?;
+        (self.ds.columns()[c].dtype == DType::F64).then_some(c)
+    }
+
+    /// The order key of an f64 column (one load per column).
+    fn load_key(&mut self, col: usize) -> Reg {
+        let slot = self.slot(col);
+        if let Some(r) = self.prog.instrs.iter().position(|i| *i == Instr::LoadKey { slot }) {
+            return r;
+        }
+        self.push(Instr::LoadKey { slot })
+    }
+
+    /// `key cmp k` for the order key of a column, false for NaN values: their keys lie
+    /// outside those of -inf..=inf, which bound a comparison where it could reach them.
+    fn key_cmp(&mut self, key: Reg, cmp: Cmp, k: Reg) -> Reg {
+        let c = self.op(Op::CmpI(cmp), &[key, k]);
+        let above_nan = self.constant(Value::I(f64_order_key(f64::NEG_INFINITY)));
+        let below_nan = self.constant(Value::I(f64_order_key(f64::INFINITY)));
+        let (lo, hi) = (self.op(Op::CmpI(Cmp::Ge), &[key, above_nan]), self.op(Op::CmpI(Cmp::Le), &[key, below_nan]));
+        match cmp {
+            Cmp::Lt | Cmp::Le => self.op(Op::And, &[c, lo]),
+            Cmp::Gt | Cmp::Ge => self.op(Op::And, &[c, hi]),
+            Cmp::Eq => c,
+            Cmp::Ne => {
+                let not_nan = self.op(Op::And, &[lo, hi]);
+                self.op(Op::And, &[c, not_nan])
+            }
+        }
+    }
+
+    /// A comparison of an f64 column with a literal or another f64 column, exactly (as
+    /// numpy compares f64 arrays): on the columns' order keys rather than on f32 values
+    /// (`ts > 1700000000.5` must not round the column to f32). `None`: not such a comparison.
+    fn f64_comparison(&mut self, cmp: Cmp, a: &Expr, b: &Expr) -> Option<Reg> {
+        let (ca, cb) = (self.f64_column(a), self.f64_column(b));
+        if let (Some(ca), Some(cb)) = (ca, cb) {
+            let (ka, kb) = (self.load_key(ca), self.load_key(cb));
+            // `key_cmp` keeps NaN values of a out (those of b too but where they could pass).
+            let c = self.key_cmp(ka, cmp, kb);
+            let above_nan = self.constant(Value::I(f64_order_key(f64::NEG_INFINITY)));
+            let below_nan = self.constant(Value::I(f64_order_key(f64::INFINITY)));
+            let (lo, hi) = (self.op(Op::CmpI(Cmp::Ge), &[kb, above_nan]), self.op(Op::CmpI(Cmp::Le), &[kb, below_nan]));
+            let b_ok = self.op(Op::And, &[lo, hi]);
+            return Some(self.op(Op::And, &[c, b_ok]));
+        }
+        let (col, cmp, lit) = match (ca, cb) {
+            (Some(c), None) => (c, cmp, literal_value(b)?),
+            (None, Some(c)) => (c, cmp.flip(), literal_value(a)?),
+            _ => return None,
+        };
+        // `x cmp v` as `x cmp' k` with k an f64: an integer v that no f64 equals lies
+        // strictly between two f64s, lo < v < hi.
+        let (cmp, k) = match lit {
+            Exact::F(v) if v.is_nan() => return Some(self.constant(Value::B(false))),
+            Exact::F(v) => (cmp, v),
+            Exact::I(v) if (v as f64) as i128 == v as i128 && (v as f64) != 9_223_372_036_854_775_808.0 => (cmp, v as f64),
+            Exact::I(v) => {
+                let d = v as f64;
+                let (lo, hi) = if d as i128 > v as i128 { (d.next_down(), d) } else { (d, d.next_up()) };
+                match cmp {
+                    Cmp::Lt | Cmp::Le => (Cmp::Le, lo),
+                    Cmp::Gt | Cmp::Ge => (Cmp::Ge, hi),
+                    Cmp::Eq => return Some(self.constant(Value::B(false))),
+                    // Every value but NaN.
+                    Cmp::Ne => (Cmp::Le, f64::INFINITY),
+                }
+            }
+        };
+        let key = self.load_key(col);
+        let kr = self.constant(Value::I(f64_order_key(k)));
+        Some(self.key_cmp(key, cmp, kr))
     }
 
     /// `x cmp c` for an integer register and a real literal, exactly, as an integer comparison.
@@ -428,6 +520,39 @@ impl<'a> Builder<'a> {
 
 fn is_nan_value(v: &Value) -> bool {
     matches!(v, Value::F(f) if f.is_nan())
+}
+
+/// A literal's exact value.
+enum Exact {
+    F(f64),
+    I(i64),
+}
+
+/// The value of a numeric literal, also under unary minus.
+fn literal_value(e: &Expr) -> Option<Exact> {
+    match &e.kind {
+        ExprKind::Lit(Literal::Float(v)) => Some(Exact::F(*v)),
+        ExprKind::Lit(Literal::Int(v)) => Some(Exact::I(*v)),
+        ExprKind::Neg(inner) => match literal_value(inner)? {
+            Exact::F(v) => Some(Exact::F(-v)),
+            Exact::I(v) => Some(v.checked_neg().map_or(Exact::F(-(v as f64)), Exact::I)),
+        },
+        _ => None,
+    }
+}
+
+/// An i64 in which f64 values compare as the floats do (±0 equal, -inf lowest, +inf
+/// highest; NaN keys lie outside those of -inf..=inf): the bits, the magnitude bits
+/// reversed for negative values, and -0 made 0.
+pub(crate) fn f64_order_key(x: f64) -> i64 {
+    let b = x.to_bits() as i64;
+    if b >= 0 {
+        b
+    } else if b == i64::MIN {
+        0
+    } else {
+        b ^ i64::MAX
+    }
 }
 
 /// The value of a float literal, also under unary minus.

@@ -85,6 +85,12 @@ pub fn eval(ds: &Dataset, e: &Expr, row: u64, with: &[(String, Expr)]) -> RefVal
         ExprKind::Lit(Literal::Bool(v)) => RefVal::B(*v),
         ExprKind::Neg(a) => RefVal::F(-as_float(eval(ds, a, row, with))),
         ExprKind::Not(a) => RefVal::B(!matches!(eval(ds, a, row, with), RefVal::B(true))),
+        ExprKind::Binary(op, a, b)
+            if op.is_comparison()
+                && let Some(ord) = exact_f64_comparison(ds, a, b, row, with) =>
+        {
+            RefVal::B(ord.is_some_and(|o| cmp_holds(*op, o)))
+        }
         ExprKind::Binary(op, a, b) => {
             let (x, y) = (eval(ds, a, row, with), eval(ds, b, row, with));
             match op {
@@ -104,17 +110,7 @@ pub fn eval(ds: &Dataset, e: &Expr, row: u64, with: &[(String, Expr)]) -> RefVal
                         }
                         _ => as_float(x).partial_cmp(&as_float(y)),
                     };
-                    RefVal::B(match ord {
-                        None => false,
-                        Some(o) => match cmp {
-                            BinOp::Lt => o.is_lt(),
-                            BinOp::Le => o.is_le(),
-                            BinOp::Gt => o.is_gt(),
-                            BinOp::Ge => o.is_ge(),
-                            BinOp::Eq => o.is_eq(),
-                            _ => o.is_ne(),
-                        },
-                    })
+                    RefVal::B(ord.is_some_and(|o| cmp_holds(*cmp, o)))
                 }
             }
         }
@@ -142,6 +138,56 @@ pub fn eval(ds: &Dataset, e: &Expr, row: u64, with: &[(String, Expr)]) -> RefVal
                 }),
             }
         }
+    }
+}
+
+/// Whether comparison `op` holds for operands in order `o`.
+fn cmp_holds(op: BinOp, o: std::cmp::Ordering) -> bool {
+    match op {
+        BinOp::Lt => o.is_lt(),
+        BinOp::Le => o.is_le(),
+        BinOp::Gt => o.is_gt(),
+        BinOp::Ge => o.is_ge(),
+        BinOp::Eq => o.is_eq(),
+        _ => o.is_ne(),
+    }
+}
+
+/// The order of a comparison of an f64 column (not a `with` name) with a numeric literal or
+/// another f64 column at `row`, compared exactly in f64 as the engine does (`None` inside:
+/// a NaN); `None`: any other comparison.
+fn exact_f64_comparison(ds: &Dataset, a: &Expr, b: &Expr, row: u64, with: &[(String, Expr)]) -> Option<Option<std::cmp::Ordering>> {
+    let column = |e: &Expr| -> Option<usize> {
+        let ExprKind::Col(name) = &e.kind else { return None };
+        if with.iter().any(|(n, _)| n == name) {
+            return None;
+        }
+        let c = ds.column_index(name).ok()?;
+        (ds.columns()[c].dtype == DType::F64).then_some(c)
+    };
+    fn literal(e: &Expr) -> Option<RefVal> {
+        match &e.kind {
+            ExprKind::Lit(Literal::Float(v)) => Some(RefVal::F(*v)),
+            ExprKind::Lit(Literal::Int(v)) => Some(RefVal::I(*v as i128)),
+            ExprKind::Neg(inner) => match literal(inner)? {
+                RefVal::F(v) => Some(RefVal::F(-v)),
+                RefVal::I(v) => Some(RefVal::I(-v)),
+                RefVal::B(_) => None,
+            },
+            _ => None,
+        }
+    }
+    let with_literal = |x: f64, l: RefVal| match l {
+        RefVal::F(v) => x.partial_cmp(&v),
+        RefVal::I(i) => cmp_int_real(i, x).map(|o| o.reverse()),
+        RefVal::B(_) => None,
+    };
+    let value = |c: usize| raw_f64(ds, c, row);
+    match (column(a), column(b)) {
+        (Some(ca), Some(cb)) => Some(value(ca).partial_cmp(&value(cb))),
+        (Some(ca), None) => Some(with_literal(value(ca), literal(b)?)),
+        (None, Some(cb)) => Some(with_literal(value(cb), literal(a)?).map(|o| o.reverse())),
+        (None, None) => None,
     }
 }
 

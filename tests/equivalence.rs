@@ -474,6 +474,107 @@ fn integer_comparisons_are_exact() {
     assert_eq!(r.column("id").unwrap().max, Some(Number::Int(i64::MAX as i128)));
 }
 
+/// Comparisons of f64 columns with literals and with each other are exact (as numpy
+/// compares f64 arrays), on every device: `ts > 1700000000.5` must not round the column to
+/// f32. Values around timestamps, tiny and huge, ±0, NaN of both signs, ±inf and integers
+/// past 2^53; float literals at and beside the values, integer literals no f64 equals.
+#[test]
+fn f64_comparisons_are_exact() {
+    let seed = seed("f64_comparisons_are_exact");
+    let mut rng = Rng::new(seed);
+    let dir = TempDir::new("f64cmp");
+    let two53 = 9_007_199_254_740_992.0f64;
+    let picks = [
+        1.7e9,
+        1.7e9 + 0.5,
+        1.7e9 + 63.0,
+        1.7e9 - 2.4e-7,
+        1e-300,
+        -1e-300,
+        5e-324,
+        -5e-324,
+        0.0,
+        -0.0,
+        f64::NAN,
+        -f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        two53,
+        two53 + 2.0,
+        -two53 - 2.0,
+        f64::MAX,
+        f64::MIN,
+        9.3e18,
+        -9.3e18,
+        0.1,
+        1.0,
+    ];
+    let floats: Vec<f64> = picks.iter().flat_map(|&v| [v, v.next_up(), v.next_down()]).filter(|v| !v.is_nan()).collect();
+    let ints = [1_700_000_000i64, 9_007_199_254_740_993, -9_007_199_254_740_993, i64::MAX, i64::MIN + 1, 0, -1, 1 << 62];
+    // x cmp k exactly for an integer k: by the floor of x, which fits i64 below 2^63.
+    let vs_int = |x: f64, k: i64| -> Option<std::cmp::Ordering> {
+        if x.is_nan() {
+            None
+        } else if x >= 2f64.powi(63) {
+            Some(std::cmp::Ordering::Greater)
+        } else if x < -(2f64.powi(63)) {
+            Some(std::cmp::Ordering::Less)
+        } else {
+            let fl = x.floor();
+            Some((fl as i64).cmp(&k).then(if x > fl { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Equal }))
+        }
+    };
+    let holds =
+        |k: usize, o: Option<std::cmp::Ordering>| o.is_some_and(|o| [o.is_lt(), o.is_le(), o.is_gt(), o.is_ge(), o.is_eq(), o.is_ne()][k]);
+    let cmp = |a: Expr, b: Expr, k: usize| match k {
+        0 => a.lt(b),
+        1 => a.le(b),
+        2 => a.gt(b),
+        3 => a.ge(b),
+        4 => a.equals(b),
+        _ => a.not_equals(b),
+    };
+    for rows in [70usize, 70_000] {
+        let pick = |rng: &mut Rng| picks[(rng.uniform() * picks.len() as f64) as usize % picks.len()];
+        let t: Vec<f64> = (0..rows).map(|_| pick(&mut rng)).collect();
+        let u: Vec<f64> = (0..rows).map(|_| pick(&mut rng)).collect();
+        let path = dir.path(&format!("t{rows}.safetensors"));
+        write_safetensors(
+            &path,
+            rows,
+            &[
+                ColData { name: "t".into(), dtype: DType::F64, bytes: bytemuck::cast_slice(&t).to_vec() },
+                ColData { name: "u".into(), dtype: DType::F64, bytes: bytemuck::cast_slice(&u).to_vec() },
+                ColData { name: "one".into(), dtype: DType::F32, bytes: bytemuck::cast_slice(&vec![1f32; rows]).to_vec() },
+            ],
+        );
+        let ds = Dataset::open(&path).unwrap();
+        for dev in devices() {
+            // (Statistics of `one`: the GPUs refuse sums of values like f64::MAX.)
+            let count = |e: Expr| ds.lazy().filter(e).aggregate([all_stats(["one"])]).collect(&dev).unwrap().rows_selected;
+            for k in 0..6 {
+                let what =
+                    |lit: &str| format!("seed {seed} rows={rows} on {}: t {} {lit}", dev.name(), ["<", "<=", ">", ">=", "==", "!="][k]);
+                // A sample of the literals (every one on the CPU).
+                let every = matches!(dev, Device::Cpu);
+                for &v in floats.iter().filter(|_| every || rng.uniform() < 0.15) {
+                    let want = t.iter().filter(|&&x| holds(k, x.partial_cmp(&v))).count() as u64;
+                    assert_eq!(count(cmp(col("t"), lit(v), k)), want, "{}", what(&format!("{v:e}")));
+                    // The literal on the left.
+                    let want = t.iter().filter(|&&x| holds(k, v.partial_cmp(&x))).count() as u64;
+                    assert_eq!(count(cmp(lit(v), col("t"), k)), want, "{} (literal first)", what(&format!("{v:e}")));
+                }
+                for &v in &ints {
+                    let want = t.iter().filter(|&&x| holds(k, vs_int(x, v))).count() as u64;
+                    assert_eq!(count(cmp(col("t"), lit(v), k)), want, "{}", what(&v.to_string()));
+                }
+                let want = t.iter().zip(&u).filter(|&(&x, &y)| holds(k, x.partial_cmp(&y))).count() as u64;
+                assert_eq!(count(cmp(col("t"), col("u"), k)), want, "{}", what("u"));
+            }
+        }
+    }
+}
+
 #[test]
 fn large_mean_small_spread_variance() {
     let seed = seed("large_mean_small_spread_variance");

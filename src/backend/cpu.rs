@@ -296,10 +296,11 @@ impl Backend for Cpu {
             .map(|i| {
                 let slot = |src: &Source| *src == Source::Slot(i);
                 // (A key's column is never direct-only: with a key no statistics are direct.)
-                let other_use = prog.instrs.iter().any(|ins| matches!(ins, Instr::Load { slot, .. } if *slot == i))
-                    || prog.hists.iter().any(|h| slot(&h.source))
-                    || prog.outputs.iter().any(|o| slot(&o.source))
-                    || prog.stats.iter().zip(&direct).any(|(src, &d)| !d && slot(src));
+                let other_use =
+                    prog.instrs.iter().any(|ins| matches!(ins, Instr::Load { slot, .. } | Instr::LoadKey { slot } if *slot == i))
+                        || prog.hists.iter().any(|h| slot(&h.source))
+                        || prog.outputs.iter().any(|o| slot(&o.source))
+                        || prog.stats.iter().zip(&direct).any(|(src, &d)| !d && slot(src));
                 !other_use && prog.stats.iter().any(slot)
             })
             .collect();
@@ -1087,6 +1088,10 @@ fn eval_instrs(prog: &FusedProgram, steps: &[Step], views: &[View], regs: &mut [
         match ins {
             Instr::Const(_) => {}
             Instr::Load { slot, ty } => load(views[*slot], *ty, out, n),
+            Instr::LoadKey { slot } => match (views[*slot], out) {
+                (View::F64(x), Reg::I(o)) => o[..n].iter_mut().zip(x).for_each(|(o, &v)| *o = crate::program::f64_order_key(v)),
+                _ => unreachable!("program.rs takes order keys of f64 columns into integer registers"),
+            },
             Instr::Op { op, args } => {
                 let f = |i: usize| match &before[args[i]] {
                     Reg::F(v) => &v[..n],

@@ -297,7 +297,10 @@ fn ops_program(ds: &Dataset) -> (FusedProgram, Vec<usize>) {
     let itof = push(&mut instrs, Op::IntToF, &[u]);
     regs.push(itof);
     let mut bools = Vec::new();
+    instrs.push(Instr::LoadKey { slot: g });
+    let key = instrs.len() - 1;
     for c in [Cmp::Lt, Cmp::Le, Cmp::Gt, Cmp::Ge, Cmp::Eq, Cmp::Ne] {
+        bools.push(push(&mut instrs, Op::CmpI(c), &[key, ki]));
         bools.push(push(&mut instrs, Op::CmpF(c), &[f, kf]));
         bools.push(push(&mut instrs, Op::CmpF(c), &[f, f]));
         bools.push(push(&mut instrs, Op::CmpI(c), &[i, ki]));

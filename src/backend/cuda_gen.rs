@@ -497,6 +497,7 @@ impl Gen<'_> {
     fn instr(&self, ins: &Instr, offs: &[u64]) -> Result<String> {
         Ok(match ins {
             Instr::Load { slot, ty } => self.load(*slot, *ty, offs)?,
+            Instr::LoadKey { slot } => format!("f64_order_key({})", self.slot_bits(*slot, offs)),
             Instr::Const(Value::F(v)) => f32_lit(*v),
             Instr::Const(Value::I(v)) => format!("(i64)0x{:016x}ull", *v as u64),
             Instr::Const(Value::B(b)) => b.to_string(),

@@ -58,6 +58,9 @@ pub(crate) fn corpus() -> Vec<(FusedProgram, Vec<DType>)> {
         instrs.push(Instr::Op { op, args });
     }
     let last_bool = instrs.len() - 2 - 4; // some comparison
+    // The f64 column's order key, compared with an integer constant.
+    instrs.push(Instr::LoadKey { slot: dtypes.iter().position(|&d| d == DType::F64).unwrap_or(0) });
+    instrs.push(Instr::Op { op: Op::CmpI(Cmp::Ge), args: [instrs.len() - 1, ki, 0] });
     let base = FusedProgram { inputs: (0..dtypes.len()).collect(), instrs, ..FusedProgram::default() };
     let slot = |d: DType| dtypes.iter().position(|&x| x == d).unwrap_or(0);
     // Statistics over every domain (raw slots of every dtype, and registers).

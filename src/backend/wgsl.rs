@@ -586,6 +586,7 @@ impl Gen<'_> {
         let ty = self.reg_type(r);
         let e = match ins {
             Instr::Load { slot, ty } => self.load(*slot, *ty, offs)?,
+            Instr::LoadKey { slot } => format!("f64_order_key(pair_at({}u, i))", offs[*slot]),
             Instr::Const(Value::F(v)) => f32_lit(*v),
             Instr::Const(Value::I(v)) => pair_lit(*v as u64),
             Instr::Const(Value::B(b)) => b.to_string(),
