@@ -73,6 +73,10 @@ pub struct Step {
 pub struct Fit {
     /// Output columns, in order.
     pub columns: Vec<String>,
+    /// Whether the output columns were chosen (`--select`). Only then does the saved file
+    /// list them; else applying it writes every column of the file it runs on (in that
+    /// file's order), then the `with` columns.
+    pub selected: bool,
     /// Steps in pipeline order (`with`, then per column clip → log1p → scale).
     pub steps: Vec<Step>,
     /// NaN replacement for every float column written.
@@ -124,7 +128,7 @@ impl Fit {
         json!({
             "format": "tilestream-fit",
             "version": 1,
-            "columns": self.columns,
+            "columns": if self.selected { json!(self.columns) } else { Value::Null },
             "steps": steps,
             "fill_nan": json_f64(self.fill_nan),
             "cast": self.cast.map(|c| c.name()),
@@ -156,7 +160,8 @@ impl Fit {
         }
         match o.get("version").and_then(Value::as_u64) {
             Some(1) => {}
-            other => return Err(format!("unsupported fit version {other:?} (this tilestream reads version 1)")),
+            Some(v) => return Err(format!("unsupported fit version {v} (this tilestream reads version 1)")),
+            None => return Err("missing or bad \"version\" (this tilestream reads version 1)".into()),
         }
         // "columns" (the output columns, in order) is optional: without it, every input
         // column is written, then the `with` columns.
@@ -176,12 +181,33 @@ impl Fit {
             let p = s.get("params").and_then(Value::as_object).unwrap_or(&empty);
             let num = |k: &str| f64_of(p.get(k)).map_err(|e| format!("step on `{column}`: {k}: {e}"));
             let req = |k: &str| num(k)?.ok_or_else(|| format!("step on `{column}` needs \"{k}\""));
+            // A fitted parameter: null when the fit saw no value, but never left out.
+            let fitted = |k: &str| {
+                if !p.contains_key(k) {
+                    return Err(format!("step on `{column}` needs \"{k}\" (null when the fit saw no value)"));
+                }
+                num(k)
+            };
             let op = match s.get("op").and_then(Value::as_str).ok_or("a step has no \"op\"")? {
                 "with" => StepOp::With { expr: p.get("expr").and_then(Value::as_str).ok_or("a with step needs \"expr\"")?.to_string() },
                 "clip" => StepOp::Clip { lo: req("lo")?, hi: req("hi")? },
                 "log1p" => StepOp::Log1p,
-                "standardize" => StepOp::Standardize { mean: num("mean")?, std: num("std")? },
-                "minmax" => StepOp::MinMax { min: num("min")?, max: num("max")? },
+                "standardize" => {
+                    let (mean, std) = (fitted("mean")?, fitted("std")?);
+                    if std.is_some_and(|s| s < 0.0) {
+                        return Err(format!("standardize of `{column}` needs std >= 0, got {}", std.unwrap_or(0.0)));
+                    }
+                    StepOp::Standardize { mean, std }
+                }
+                "minmax" => {
+                    let (min, max) = (fitted("min")?, fitted("max")?);
+                    if let (Some(lo), Some(hi)) = (min, max)
+                        && lo > hi
+                    {
+                        return Err(format!("minmax of `{column}` needs min <= max, got {lo}:{hi}"));
+                    }
+                    StepOp::MinMax { min, max }
+                }
                 other => return Err(format!("unknown step op `{other}`")),
             };
             if !columns.is_empty() && !columns.contains(&column) {
@@ -221,6 +247,6 @@ impl Fit {
             ),
             Some(other) => return Err(format!("cast: expected a string, found {other}")),
         };
-        Ok(Fit { columns, steps, fill_nan, cast })
+        Ok(Fit { selected: !columns.is_empty(), columns, steps, fill_nan, cast })
     }
 }

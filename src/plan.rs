@@ -608,7 +608,7 @@ impl TransformQuery {
                 steps.push(Step { column: name.clone(), op: StepOp::MinMax { min: None, max: None } });
             }
         }
-        Ok(Fit { columns: out_cols, steps, fill_nan: t.fill_nan, cast: t.cast })
+        Ok(Fit { columns: out_cols, selected: t.select.is_some(), steps, fill_nan: t.fill_nan, cast: t.cast })
     }
 
     /// Fits (if needed: one pass) and writes the output file (a second pass).
@@ -644,6 +644,12 @@ pub fn apply_fit(lf: &LazyFrame, fit: &Fit, path: &Path, sink: &SinkOptions, dev
         for s in &fit.steps {
             if matches!(s.op, StepOp::With { .. }) && !fit.columns.contains(&s.column) {
                 fit.columns.push(s.column.clone());
+            }
+        }
+        // Every step's column must be there (a step on a missing column is not skipped).
+        for s in &fit.steps {
+            if !fit.columns.contains(&s.column) {
+                lf.ds.column_index(&s.column)?;
             }
         }
         return write(lf, &fit, path, sink, device, opts, RunReport::default());
@@ -771,6 +777,18 @@ fn write_program(lf: &LazyFrame, fit: &Fit) -> Result<(FusedProgram, LazyFrame)>
             },
         };
         let dtype = if float { fit.cast.unwrap_or(dtype) } else { dtype };
+        // A finite fill value the output type cannot hold would be written as inf.
+        if let Some(v) = fit.fill_nan.filter(|v| float && v.is_finite()) {
+            let fits = match dtype {
+                DType::F32 => (v as f32).is_finite(),
+                DType::F16 => half::f16::from_f64(v).is_finite(),
+                DType::BF16 => half::bf16::from_f64(v).is_finite(),
+                _ => true,
+            };
+            if !fits {
+                return Err(Error::plan(format!("--fill-nan {v} does not fit in {dtype} (column `{name}`): it would be written as inf")));
+            }
+        }
         b.prog.outputs.push(OutSpec { name, source: src, scale, fill_nan: if float { fit.fill_nan } else { None }, dtype });
     }
     Ok((b.prog, lf))

@@ -948,6 +948,82 @@ fn save_fit_and_apply_reproduce() {
     check_bf16("f0 applied", &u16s(&tensor(&ts, "f0").data), &f0b, 0.0);
 }
 
+/// Fit files: one saved without `--select` applies to every column of the file it runs
+/// on, in that file's order; with `--select` it keeps the chosen columns. Fitted parameters
+/// must be there and make sense; a fit file that cannot be written leaves no output; a fill
+/// value the output type cannot hold is refused; errors name the paths the user gave.
+#[test]
+fn fit_files_apply_to_any_file_and_are_checked() {
+    let dir = TempDir::new("fitfiles");
+    let a = dir.s("a.safetensors");
+    write_st(
+        Path::new(&a),
+        &[("x", "F32", vec![3], le_bytes_f32(&[1.0, 2.0, 3.0])), ("z", "F32", vec![3], le_bytes_f32(&[5.0, 6.0, 7.0]))],
+    );
+    let fit = dir.s("fit.json");
+    run(&["transform", &a, "-o", &dir.s("a1.safetensors"), "--standardize", "x", "--save-fit", &fit]).ok();
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&fit).expect("fit")).expect("JSON");
+    assert!(saved["columns"].is_null(), "no --select, no column list: {saved}");
+    // Another file with an extra column, in another order.
+    let b = dir.s("b.safetensors");
+    write_st(
+        Path::new(&b),
+        &[
+            ("extra", "F32", vec![2], le_bytes_f32(&[9.0, 8.0])),
+            ("z", "F32", vec![2], le_bytes_f32(&[1.0, 1.0])),
+            ("x", "F32", vec![2], le_bytes_f32(&[2.0, 4.0])),
+        ],
+    );
+    let out = dir.s("b1.safetensors");
+    run(&["transform", &b, "-o", &out, "--apply", &fit]).ok();
+    let names: Vec<String> = read_st(Path::new(&out)).iter().map(|t| t.name.clone()).collect();
+    assert_eq!(names, ["extra", "z", "x"], "every column, in the file's order");
+    let x = tensor(&read_st(Path::new(&out)), "x").data.clone();
+    let std = (2.0f64 / 3.0).sqrt();
+    assert_eq!(x, le_bytes_f32(&[0.0, (2.0 / std) as f32]), "x standardized with a's mean and std");
+    // With --select the columns are kept, and only those are written.
+    let fit_sel = dir.s("fit_sel.json");
+    run(&["transform", &a, "-o", &dir.s("a2.safetensors"), "--select", "x", "--standardize", "x", "--save-fit", &fit_sel]).ok();
+    let out2 = dir.s("b2.safetensors");
+    run(&["transform", &b, "-o", &out2, "--apply", &fit_sel]).ok();
+    let names: Vec<String> = read_st(Path::new(&out2)).iter().map(|t| t.name.clone()).collect();
+    assert_eq!(names, ["x"]);
+    // Fitted parameters left out or impossible: refused, nothing written.
+    let mut no_mean = saved.clone();
+    no_mean["steps"][0]["params"].as_object_mut().expect("params").remove("mean");
+    let mut negative_std = saved.clone();
+    negative_std["steps"][0]["params"]["std"] = serde_json::json!(-1.0);
+    let mut upside_down = saved.clone();
+    upside_down["steps"][0]["op"] = serde_json::json!("minmax");
+    upside_down["steps"][0]["params"] = serde_json::json!({"min": 2.0, "max": 1.0});
+    for (what, v) in [("no mean", no_mean), ("negative std", negative_std), ("min > max", upside_down)] {
+        let bad = dir.s("bad.json");
+        std::fs::write(&bad, v.to_string()).expect("write");
+        let o = dir.s("bad.safetensors");
+        run(&["transform", &b, "-o", &o, "--apply", &bad]).fails_one_line(&["bad.json"]);
+        assert!(!Path::new(&o).exists(), "{what}: wrote a file");
+    }
+    let text = std::fs::read_to_string(&fit).expect("fit");
+    let v2 = dir.s("v2.json");
+    std::fs::write(&v2, text.replace(r#""version": 1"#, r#""version": 2"#)).expect("write");
+    let e = run(&["transform", &b, "-o", &dir.s("v2.safetensors"), "--apply", &v2]).fails_one_line(&["version 2"]).to_string();
+    assert!(!e.contains("Some("), "{e}");
+    // A fit file that cannot be written: no output either.
+    let o = dir.s("nofit.safetensors");
+    run(&["transform", &a, "-o", &o, "--standardize", "x", "--save-fit", &dir.s("missing/fit.json")]).fails(&["missing"]);
+    assert!(!Path::new(&o).exists(), "an output without its fit file");
+    // An output in a missing folder: the error names it, not a temporary file.
+    let e = run(&["transform", &a, "-o", &dir.s("missing/o.safetensors")]).fails_one_line(&["missing/o.safetensors"]).to_string();
+    assert!(!e.contains(".tmp"), "{e}");
+    // Fill values the output type cannot hold.
+    for (v, cast) in [("1e300", "f32"), ("1e6", "f16"), ("1e39", "bf16")] {
+        let o = dir.s("fill.safetensors");
+        run(&["transform", &a, "-o", &o, "--fill-nan", v, "--cast", cast]).fails_one_line(&["--fill-nan", cast]);
+        assert!(!Path::new(&o).exists());
+    }
+    run(&["transform", &a, "-o", &dir.s("fill_ok.safetensors"), "--fill-nan", "65504", "--cast", "f16"]).ok();
+}
+
 #[test]
 fn transform_usage_errors() {
     let dir = TempDir::new("usage");

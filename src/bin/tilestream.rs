@@ -678,13 +678,18 @@ fn transform(ctx: &Ctx, a: &TransformArgs) -> Result<()> {
             if p.exists() && !a.force {
                 bail!("{}: fit file exists; pass --force to overwrite", p.display());
             }
-            let (fit, report) = ctx.on_device(&ds, |d| {
+            // The fit is saved between the passes: a fit file that cannot be written leaves
+            // no output behind, and a failed write pass removes a fit file it created.
+            let existed = p.exists();
+            ctx.on_device(&ds, |d| {
                 let fit = q.fit(d, &opts)?;
-                let report = tilestream::apply_fit(&lf, &fit, &a.out, &sink, d, &opts)?;
-                Ok((fit, report))
-            })?;
-            fit.save(p, a.force)?;
-            report
+                fit.save(p, a.force)?;
+                tilestream::apply_fit(&lf, &fit, &a.out, &sink, d, &opts).inspect_err(|_| {
+                    if !existed {
+                        let _ = std::fs::remove_file(p);
+                    }
+                })
+            })?
         } else {
             ctx.on_device(&ds, |d| q.sink(&a.out, &sink, d, &opts))?.1
         }

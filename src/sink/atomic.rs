@@ -64,7 +64,8 @@ impl AtomicFile {
                 }
                 // Left over from an earlier process that had our pid: take the next number.
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(Error::io(temp, e)),
+                // Named by the path the user gave (the temporary name would only puzzle).
+                Err(e) => return Err(Error::io(target, e)),
             }
         }
     }
