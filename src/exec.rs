@@ -181,6 +181,10 @@ fn run_tiles<B: Backend>(
         tile_rows: tile,
         ..PassOutput::default()
     };
+    // Groups as they are first seen, found by key through a hash map (a B-tree lookup per
+    // unit and group made group-bys of many keys slow), ordered by key at the end.
+    let mut groups: Vec<(i128, u64, Vec<StatsAcc>)> = Vec::new();
+    let mut group_of: std::collections::HashMap<i128, usize> = std::collections::HashMap::new();
     let mut tile_out = TileOut::default();
     if sink.is_some() {
         tile_out.columns = prog.outputs.iter().map(|o| vec![0u8; (tile.min(rows.max(1))) as usize * o.dtype.size()]).collect();
@@ -223,13 +227,17 @@ fn run_tiles<B: Backend>(
                 acc.add_block(bs);
             }
             for (key, grows, bstats) in &part.groups {
-                let entry = out.groups.entry(*key).or_insert_with(|| (0, vec![StatsAcc::default(); bstats.len()]));
-                entry.0 += grows;
-                for (acc, bs) in entry.1.iter_mut().zip(bstats) {
+                let j = *group_of.entry(*key).or_insert_with(|| {
+                    groups.push((*key, 0, vec![StatsAcc::default(); bstats.len()]));
+                    groups.len() - 1
+                });
+                let entry = &mut groups[j];
+                entry.1 += grows;
+                for (acc, bs) in entry.2.iter_mut().zip(bstats) {
                     acc.add_block(bs);
                 }
             }
-            if out.groups.len() > MAX_GROUPS {
+            if groups.len() > MAX_GROUPS {
                 return Err(too_many_groups());
             }
             for (tot, c) in out.out_counts.iter_mut().zip(&part.out_counts) {
@@ -258,5 +266,6 @@ fn run_tiles<B: Backend>(
         }
     }
     ds.check_unchanged()?;
+    out.groups = groups.into_iter().map(|(key, rows, accs)| (key, (rows, accs))).collect();
     Ok(out)
 }
