@@ -346,6 +346,9 @@ fn stats_json_shape_and_values() {
     assert_eq!(sub["columns"]["key"], v["columns"]["key"]);
     let one = run(&["stats", &g.path, "--columns", "f1", "--json"]).json();
     assert_eq!(keys(&one["columns"]), ["f1"]);
+    // A column listed twice is a usage error (the text table would show it twice, the JSON once).
+    run(&["stats", &g.path, "--columns", "f1,f3,f1"]).fails_one_line(&["f1", "twice"]);
+    run(&["stats", &g.path, "--columns", "f1", "--columns", "f1", "--json"]).fails_one_line(&["f1", "twice"]);
 
     // Plain text works too and mentions every column.
     let text = run(&["stats", &g.path]).ok().to_string();

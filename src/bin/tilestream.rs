@@ -509,6 +509,9 @@ fn stats_table(cols: &[(String, ColumnStats)]) -> String {
 }
 
 fn stats(ctx: &Ctx, paths: &[PathBuf], columns: &[String], filter: Option<&str>, by: Option<&str>, json: bool) -> Result<()> {
+    if let Some((i, c)) = columns.iter().enumerate().find(|(i, c)| columns[..*i].contains(c)) {
+        bail!("--columns lists `{c}` twice (at {} and {})", columns.iter().position(|x| x == c).unwrap_or(0) + 1, i + 1);
+    }
     let ds = ctx.open(paths)?;
     if let Some(k) = by
         && columns.iter().any(|c| c == k)
