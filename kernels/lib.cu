@@ -105,13 +105,13 @@ __device__ __forceinline__ float d_to_f32(double x) {
     return __double2float_rn(x);
 }
 
-// u64 to i64, saturating (as the CPU loads u64 columns into integer registers).
 // The order key of an f64's bits (`f64_order_key` on the host): f64 values compare as the
 // floats do (-0 made 0; NaN keys lie outside those of -inf..=inf).
 __device__ __forceinline__ i64 f64_order_key(u64 b) {
     const i64 s = (i64)b;
     return s >= 0 ? s : (b == 0x8000000000000000ull ? 0 : (s ^ 0x7fffffffffffffffll));
 }
+// u64 to i64, saturating (as the CPU loads u64 columns into integer registers).
 __device__ __forceinline__ i64 u64_sat(u64 x) { return x > 0x7fffffffffffffffull ? 0x7fffffffffffffffll : (i64)x; }
 
 // ---------------------------------------------------------------- statistics

@@ -137,12 +137,24 @@ impl Fit {
 
     /// Writes the JSON artifact (atomically).
     pub fn save(&self, path: &Path, force: bool) -> Result<()> {
-        let text = serde_json::to_string_pretty(&self.to_json()).map_err(|e| Error::Fit { path: path.into(), message: e.to_string() })?;
         let file = crate::sink::atomic::AtomicFile::create(path, force)?;
-        use std::io::Write;
-        let mut f = file.file();
-        f.write_all(text.as_bytes()).and_then(|_| f.write_all(b"\n")).map_err(|e| Error::io(path, e))?;
+        self.write_into(&file)?;
         file.commit()
+    }
+
+    /// Writes the JSON artifact into `file`, not yet committed (the CLI creates it before a
+    /// transform's passes and commits it after the output).
+    pub fn write_into(&self, file: &crate::sink::atomic::AtomicFile) -> Result<()> {
+        let path = file.target();
+        let text = serde_json::to_string_pretty(&self.to_json()).map_err(|e| Error::Fit { path: path.into(), message: e.to_string() })?;
+        use std::io::{Seek, Write};
+        let mut f = file.file();
+        // From the start: a query rerun on the CPU writes it again.
+        f.set_len(0)
+            .and_then(|_| f.rewind())
+            .and_then(|_| f.write_all(text.as_bytes()))
+            .and_then(|_| f.write_all(b"\n"))
+            .map_err(|e| Error::io(path, e))
     }
 
     /// Reads a JSON artifact written by [`Fit::save`].
@@ -201,8 +213,9 @@ impl Fit {
                 }
                 "minmax" => {
                     let (min, max) = (fitted("min")?, fitted("max")?);
+                    // (A fit never gives a NaN bound: it skips NaN.)
                     if let (Some(lo), Some(hi)) = (min, max)
-                        && lo > hi
+                        && (lo.is_nan() || hi.is_nan() || lo > hi)
                     {
                         return Err(format!("minmax of `{column}` needs min <= max, got {lo}:{hi}"));
                     }

@@ -777,12 +777,13 @@ fn write_program(lf: &LazyFrame, fit: &Fit) -> Result<(FusedProgram, LazyFrame)>
             },
         };
         let dtype = if float { fit.cast.unwrap_or(dtype) } else { dtype };
-        // A finite fill value the output type cannot hold would be written as inf.
+        // A finite fill value the output type cannot hold would be written as inf (the
+        // kernels round it to f32 first, then to a half type).
         if let Some(v) = fit.fill_nan.filter(|v| float && v.is_finite()) {
             let fits = match dtype {
                 DType::F32 => (v as f32).is_finite(),
-                DType::F16 => half::f16::from_f64(v).is_finite(),
-                DType::BF16 => half::bf16::from_f64(v).is_finite(),
+                DType::F16 => half::f16::from_f32(v as f32).is_finite(),
+                DType::BF16 => half::bf16::from_f32(v as f32).is_finite(),
                 _ => true,
             };
             if !fits {

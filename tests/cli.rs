@@ -1015,11 +1015,20 @@ fn fit_files_apply_to_any_file_and_are_checked() {
     let o = dir.s("nofit.safetensors");
     run(&["transform", &a, "-o", &o, "--standardize", "x", "--save-fit", &dir.s("missing/fit.json")]).fails(&["missing"]);
     assert!(!Path::new(&o).exists(), "an output without its fit file");
+    // A write pass that fails (here: a fill value f16 cannot hold) leaves an existing fit
+    // file as it was, even with --force.
+    let before = std::fs::read(&fit).expect("fit");
+    let o = dir.s("force.safetensors");
+    run(&["transform", &a, "-o", &o, "--minmax", "x", "--fill-nan", "1e6", "--cast", "f16", "--save-fit", &fit, "--force"])
+        .fails(&["--fill-nan"]);
+    assert_eq!(std::fs::read(&fit).expect("fit"), before, "the old fit file was replaced");
+    assert!(!Path::new(&o).exists());
     // An output in a missing folder: the error names it, not a temporary file.
     let e = run(&["transform", &a, "-o", &dir.s("missing/o.safetensors")]).fails_one_line(&["missing/o.safetensors"]).to_string();
     assert!(!e.contains(".tmp"), "{e}");
     // Fill values the output type cannot hold.
-    for (v, cast) in [("1e300", "f32"), ("1e6", "f16"), ("1e39", "bf16")] {
+    // (65519.999 rounds to 65504 in f16 directly, but to 65520 in f32 first, then to inf.)
+    for (v, cast) in [("1e300", "f32"), ("1e6", "f16"), ("65519.999", "f16"), ("1e39", "bf16")] {
         let o = dir.s("fill.safetensors");
         run(&["transform", &a, "-o", &o, "--fill-nan", v, "--cast", cast]).fails_one_line(&["--fill-nan", cast]);
         assert!(!Path::new(&o).exists());

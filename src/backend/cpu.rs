@@ -1661,7 +1661,6 @@ fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, acc: &mut HistC
     }
 }
 
-/// Per-thread buffers of the group-by kernel.
 /// Dense slots of wide integer keys (32/64-bit) in first-seen order: an open-addressing
 /// table of the keys' 64-bit patterns with Fibonacci hashing, kept by a thread from block to
 /// block. Each entry carries the generation of the block that wrote it, so that a block
@@ -1730,6 +1729,7 @@ impl KeyMap {
     }
 }
 
+/// Per-thread buffers of the group-by kernel.
 struct GroupBufs<'s> {
     lanes: &'s mut Vec<GroupLanes>,
     infs: &'s mut Vec<u64>,

@@ -257,6 +257,11 @@ fn key_table(ds: &Dataset, col: usize, range: (i64, i64), per_sweep: u64, device
         // A bit per value of the range.
         let mut seen = vec![0u64; (span as usize).div_ceil(64)];
         each_key(ds, col, device, |k| {
+            if k < lo || k > hi {
+                // The file changed since `key_range` read it.
+                ds.check_unchanged()?;
+                return Err(Error::plan("the group-by key column changed while it was being read"));
+            }
             // lo <= k <= hi, whose span fits in usize.
             let j = (k - lo) as usize;
             seen[j / 64] |= 1 << (j % 64);

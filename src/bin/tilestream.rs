@@ -673,26 +673,27 @@ fn transform(ctx: &Ctx, a: &TransformArgs) -> Result<()> {
         }
         let q = lf.clone().transform(t);
         if let Some(p) = &a.save_fit {
-            // The fit file must not clobber an input or the output, and is written only once
-            // the output is complete.
+            // The fit file must not clobber an input or the output. It is created before the
+            // passes (an unwritable path fails before any output), written after the fit pass
+            // and renamed into place once the output is complete: a failed run leaves neither
+            // file changed.
             if a.paths.iter().chain([&a.out]).any(|q| same_path(p, q)) {
                 bail!("--save-fit {} is an input or the output; choose another path", p.display());
             }
             if p.exists() && !a.force {
                 bail!("{}: fit file exists; pass --force to overwrite", p.display());
             }
-            // The fit is saved between the passes: a fit file that cannot be written leaves
-            // no output behind, and a failed write pass removes a fit file it created.
-            let existed = p.exists();
-            ctx.on_device(&ds, |d| {
+            let pending = tilestream::sink::atomic::AtomicFile::create(p, a.force)?;
+            let report = ctx.on_device(&ds, |d| {
                 let fit = q.fit(d, &opts)?;
-                fit.save(p, a.force)?;
-                tilestream::apply_fit(&lf, &fit, &a.out, &sink, d, &opts).inspect_err(|_| {
-                    if !existed {
-                        let _ = std::fs::remove_file(p);
-                    }
-                })
-            })?
+                fit.write_into(&pending)?;
+                tilestream::apply_fit(&lf, &fit, &a.out, &sink, d, &opts)
+            })?;
+            if let Err(e) = pending.commit() {
+                let _ = std::fs::remove_file(&a.out);
+                return Err(e.into());
+            }
+            report
         } else {
             ctx.on_device(&ds, |d| q.sink(&a.out, &sink, d, &opts))?.1
         }

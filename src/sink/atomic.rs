@@ -334,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_directory_names_the_temp_path() {
+    fn missing_directory_names_the_target() {
         let dir = test_dir("nodir");
         let target = dir.join("missing").join("out.bin");
         let err = AtomicFile::create(&target, false).unwrap_err();

@@ -316,7 +316,7 @@ impl TableWriter {
 
     fn check_usable(&self) -> Result<()> {
         if self.failed {
-            Err(Error::plan(format!("{}: an earlier write failed; the output is incomplete", self.file.temp_path().display())))
+            Err(Error::plan(format!("{}: an earlier write failed; the output is incomplete", self.file.target().display())))
         } else {
             Ok(())
         }
