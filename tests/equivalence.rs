@@ -64,6 +64,18 @@ fn check_stats(what: &str, got: &tilestream::ColumnStats, values: &[f64]) {
 }
 
 /// A random boolean expression over the mixed table's columns.
+/// `a < b`, `<=`, `>`, `>=`, `==`, `!=` for k = 0..6.
+fn cmp(a: Expr, b: Expr, k: usize) -> Expr {
+    match k {
+        0 => a.lt(b),
+        1 => a.le(b),
+        2 => a.gt(b),
+        3 => a.ge(b),
+        4 => a.equals(b),
+        _ => a.not_equals(b),
+    }
+}
+
 fn random_predicate(rng: &mut Rng, depth: u32) -> Expr {
     let pick = |rng: &mut Rng, n: usize| (rng.uniform() * n as f64) as usize % n;
     if depth > 0 && rng.uniform() < 0.4 {
@@ -75,14 +87,6 @@ fn random_predicate(rng: &mut Rng, depth: u32) -> Expr {
             _ => !a,
         };
     }
-    let cmp = |a: Expr, b: Expr, k: usize| match k {
-        0 => a.lt(b),
-        1 => a.le(b),
-        2 => a.gt(b),
-        3 => a.ge(b),
-        4 => a.equals(b),
-        _ => a.not_equals(b),
-    };
     let k = pick(rng, 6);
     match pick(rng, 9) {
         0 => cmp(col("a"), lit(rng.normal() * 3.0 + 1.0), k),
@@ -526,14 +530,6 @@ fn f64_comparisons_are_exact() {
     };
     let holds =
         |k: usize, o: Option<std::cmp::Ordering>| o.is_some_and(|o| [o.is_lt(), o.is_le(), o.is_gt(), o.is_ge(), o.is_eq(), o.is_ne()][k]);
-    let cmp = |a: Expr, b: Expr, k: usize| match k {
-        0 => a.lt(b),
-        1 => a.le(b),
-        2 => a.gt(b),
-        3 => a.ge(b),
-        4 => a.equals(b),
-        _ => a.not_equals(b),
-    };
     for rows in [70usize, 70_000] {
         let pick = |rng: &mut Rng| picks[(rng.uniform() * picks.len() as f64) as usize % picks.len()];
         let t: Vec<f64> = (0..rows).map(|_| pick(&mut rng)).collect();

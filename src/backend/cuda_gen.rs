@@ -834,12 +834,7 @@ mod tests {
         let wide = generate(&prog, &[DType::I32], BLOCK_ROWS, Some(KeySlots::Range(0, 70_000)));
         assert!(matches!(wide, Err(Error::Unsupported(_))), "a range of more than 65,536 keys");
         // A table of 302 keys: two sweeps; the columns start after its 2,416 bytes (aligned).
-        let table: Vec<i64> = (0..300)
-            .map(|j| (j - 150) * 1_000_000_007)
-            .chain([i64::MIN, i64::MAX])
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let table = crate::backend::test_corpus::key_table();
         let k = generate(&prog, &[DType::I64], BLOCK_ROWS, Some(KeySlots::Table(table))).expect("302 keys");
         assert_eq!((k.sweeps, k.in_offsets[0]), (2, 2560));
         assert!(k.source.contains("#define KEY_COUNT 302u"), "the kernel knows the table");

@@ -125,3 +125,9 @@ pub(crate) fn corpus() -> Vec<(FusedProgram, Vec<DType>)> {
     v.push((FusedProgram::default(), Vec::new()));
     v
 }
+
+/// Sorted distinct keys for group-by kernels numbered by a key table: 302 i64 values over
+/// the whole range (two sweeps of 256).
+pub(crate) fn key_table() -> Vec<i64> {
+    (0..300).map(|j| (j - 150) * 1_000_000_007).chain([i64::MIN, i64::MAX]).collect::<std::collections::BTreeSet<_>>().into_iter().collect()
+}

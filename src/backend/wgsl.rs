@@ -866,12 +866,7 @@ mod tests {
         let wide = generate_with_keys(&prog, &[DType::I32], BLOCK_ROWS, Some(KeySlots::Range(0, 70_000)));
         assert!(matches!(wide, Err(Error::Unsupported(_))), "a range of more than 65,536 keys");
         // A table: one sweep per 256 keys, two words per key before the columns.
-        let table: Vec<i64> = (0..300)
-            .map(|j| (j - 150) * 1_000_000_007)
-            .chain([i64::MIN, i64::MAX])
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let table = crate::backend::test_corpus::key_table();
         let k = generate_with_keys(&prog, &[DType::I64], BLOCK_ROWS, Some(KeySlots::Table(table.clone()))).expect("302 keys");
         assert_eq!((k.sweeps, k.thresholds.len(), k.slot_offsets[0]), (2, 604, 604));
         assert_eq!(k.group_keys.as_ref().map(|g| (g.key(0), g.key(301))), Some((i64::MIN as i128, i64::MAX as i128)));
