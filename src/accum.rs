@@ -271,6 +271,16 @@ pub struct ColumnStats {
     pub std: Option<f64>,
 }
 
+impl ColumnStats {
+    /// Whether the f64 sums behind the mean or the variance overflowed: values all finite
+    /// (so a finite mean between min and max), yet a mean that is not finite or a variance
+    /// that is NaN. Values near ±1.8e308 (or differences beyond ~1e154 for the variance) do
+    /// this; the numbers are then wrong and must not be reported.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.inf_count == 0 && self.count > 0 && (!self.mean.is_some_and(f64::is_finite) || self.var.is_some_and(f64::is_nan))
+    }
+}
+
 /// An equal-width histogram's counts.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HistAcc {

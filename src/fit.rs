@@ -215,9 +215,9 @@ impl Fit {
                     let (min, max) = (fitted("min")?, fitted("max")?);
                     // (A fit never gives a NaN bound: it skips NaN.)
                     if let (Some(lo), Some(hi)) = (min, max)
-                        && (lo.is_nan() || hi.is_nan() || lo > hi)
+                        && (lo.is_nan() || hi.is_nan() || lo > hi || (lo.is_finite() && hi.is_finite() && (hi - lo).is_infinite()))
                     {
-                        return Err(format!("minmax of `{column}` needs min <= max, got {lo}:{hi}"));
+                        return Err(format!("minmax of `{column}` needs min <= max a finite width apart, got {lo}:{hi}"));
                     }
                     StepOp::MinMax { min, max }
                 }

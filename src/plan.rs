@@ -298,10 +298,11 @@ impl AggregateQuery {
                     if *bins == 0 || *bins > 1 << 24 {
                         return Err(Error::plan(format!("--bins must be between 1 and {}, got {bins}", 1 << 24)));
                     }
-                    if let Some((lo, hi)) = range
-                        && !(lo.is_finite() && hi.is_finite() && lo <= hi)
-                    {
-                        return Err(Error::plan(format!("histogram range {lo}:{hi} must be finite with LO <= HI")));
+                    if let Some((lo, hi)) = range {
+                        if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+                            return Err(Error::plan(format!("histogram range {lo}:{hi} must be finite with LO <= HI")));
+                        }
+                        check_hist_width(column, *lo, *hi)?;
                     }
                     hists.push((column.clone(), *bins, *range));
                 }
@@ -351,6 +352,7 @@ impl AggregateQuery {
                 let r = acc
                     .finite_range()
                     .ok_or_else(|| Error::NoData(format!("column `{name}` has no finite value to set a histogram range")))?;
+                check_hist_width(name, r.0, r.1)?;
                 found.push(r);
             }
         }
@@ -394,14 +396,15 @@ impl AggregateQuery {
                 rows_selected: out.rows_selected,
             })
             .collect();
-        Ok(AggregateResult {
-            rows: self.lf.ds.rows(),
-            rows_selected: out.rows_selected,
-            columns: if self.key.is_some() { Vec::new() } else { finish(&out.stats) },
-            groups: out.groups.iter().map(|(k, (rows, accs))| GroupStats { key: *k, rows: *rows, columns: finish(accs) }).collect(),
-            histograms,
-            report,
-        })
+        let columns = if self.key.is_some() { Vec::new() } else { finish(&out.stats) };
+        let groups: Vec<GroupStats> =
+            out.groups.iter().map(|(k, (rows, accs))| GroupStats { key: *k, rows: *rows, columns: finish(accs) }).collect();
+        for (name, c) in columns.iter().chain(groups.iter().flat_map(|g| &g.columns)) {
+            if c.overflowed() {
+                return Err(overflow_error(name, c));
+            }
+        }
+        Ok(AggregateResult { rows: self.lf.ds.rows(), rows_selected: out.rows_selected, columns, groups, histograms, report })
     }
 
     /// The fused program(s) this query runs, as text.
@@ -635,6 +638,26 @@ impl TransformQuery {
     }
 }
 
+/// Refuses a histogram range whose width overflows f64 (HI - LO beyond ~1.8e308): the
+/// normative bin formula, computed in f64, would put every value in bin 0.
+fn check_hist_width(column: &str, lo: f64, hi: f64) -> Result<()> {
+    if (hi - lo).is_finite() {
+        Ok(())
+    } else {
+        Err(Error::plan(format!("histogram of `{column}`: its range {lo:e}:{hi:e} is wider than f64 can hold; give a narrower --range")))
+    }
+}
+
+/// The refusal of statistics whose f64 sums overflowed (`ColumnStats::overflowed`).
+fn overflow_error(name: &str, c: &ColumnStats) -> Error {
+    let bound = |n: Option<crate::accum::Number>| n.map_or(f64::NAN, |n| n.as_f64());
+    Error::plan(format!(
+        "statistics of `{name}`: its values (from {:e} to {:e}) overflow the f64 arithmetic behind its mean, variance or width; leave the column out or scale it",
+        bound(c.min),
+        bound(c.max)
+    ))
+}
+
 /// Applies a fitted transform to the frame's rows and writes `path`.
 pub fn apply_fit(lf: &LazyFrame, fit: &Fit, path: &Path, sink: &SinkOptions, device: &Device, opts: &RunOptions) -> Result<SinkReport> {
     if fit.columns.is_empty() {
@@ -744,6 +767,16 @@ fn fit_params(lf: &LazyFrame, fit: &mut Fit, device: &Device, opts: &RunOptions,
     for name in &order {
         if let Some(step) = fit.steps.iter_mut().find(|s| &s.column == name && s.op.needs_fit()) {
             let st = accs.next().map(|a| a.finish()).ok_or_else(|| Error::plan("internal: fit pass lost a column"))?;
+            // (Min-max needs only the bounds, and a width that f64 holds.)
+            let bound = |n: Option<crate::accum::Number>| n.map_or(f64::NAN, |n| n.as_f64());
+            if matches!(step.op, StepOp::Standardize { .. }) && st.overflowed()
+                || matches!(step.op, StepOp::MinMax { .. })
+                    && bound(st.min).is_finite()
+                    && bound(st.max).is_finite()
+                    && (bound(st.max) - bound(st.min)).is_infinite()
+            {
+                return Err(overflow_error(name, &st));
+            }
             step.op = match step.op {
                 StepOp::Standardize { .. } => StepOp::Standardize { mean: st.mean, std: st.std },
                 _ => StepOp::MinMax { min: st.min.map(|m| m.as_f64()), max: st.max.map(|m| m.as_f64()) },

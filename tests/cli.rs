@@ -951,6 +951,41 @@ fn save_fit_and_apply_reproduce() {
     check_bf16("f0 applied", &u16s(&tensor(&ts, "f0").data), &f0b, 0.0);
 }
 
+/// Values so large that the f64 arithmetic behind a statistic overflows (x - pivot, sums
+/// of squares, a histogram's or min-max's width) are refused with the column named, never
+/// reported as wrong numbers (a mean of -inf for [1e308, 1e308, -1e308] was); what f64 does
+/// hold is still answered, and infinities in the data keep their contract.
+#[test]
+fn overflowing_statistics_are_refused() {
+    let dir = TempDir::new("overflow");
+    let f64s_le = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let p = dir.s("o.safetensors");
+    write_st(
+        Path::new(&p),
+        &[
+            ("o", "F64", vec![3], f64s_le(&[1e308, 1e308, -1e308])),
+            ("w", "F64", vec![3], f64s_le(&[1e200, -1e200, 0.0])),
+            ("i", "F64", vec![3], f64s_le(&[f64::INFINITY, 1.0, 2.0])),
+        ],
+    );
+    run(&["stats", &p, "--columns", "o", "--json"]).fails_one_line(&["`o`", "overflow"]);
+    run(&["stats", &p, "--columns", "w", "--json"]).fails_one_line(&["`w`", "overflow"]);
+    let v = run(&["stats", &p, "--columns", "o", "--where", "o > 0", "--json"]).json();
+    assert_eq!(v["columns"]["o"]["sum"], "inf", "1e308 + 1e308 overflows, as IEEE says");
+    assert_eq!(v["columns"]["o"]["mean"], 1e308);
+    let v = run(&["stats", &p, "--columns", "i", "--json"]).json();
+    assert_eq!((&v["columns"]["i"]["mean"], &v["columns"]["i"]["var"]), (&serde_json::json!("inf"), &serde_json::json!("nan")));
+    run(&["hist", &p, "--column", "o", "--bins", "4"]).fails_one_line(&["`o`", "wider"]);
+    run(&["hist", &p, "--column", "o", "--bins", "4", "--range=-1e308:1e308"]).fails_one_line(&["wider"]);
+    let h = run(&["hist", &p, "--column", "o", "--bins", "4", "--range", "0:1e308", "--json"]).json();
+    assert_eq!((&h["counts"], &h["below"]), (&serde_json::json!([0, 0, 0, 2]), &serde_json::json!(1)));
+    for t in ["--minmax", "--standardize"] {
+        let o = dir.s("t.safetensors");
+        run(&["transform", &p, "-o", &o, t, "o"]).fails_one_line(&["`o`", "overflow"]);
+        assert!(!Path::new(&o).exists(), "{t}: wrote a file");
+    }
+}
+
 /// Fit files: one saved without `--select` applies to every column of the file it runs
 /// on, in that file's order; with `--select` it keeps the chosen columns. Fitted parameters
 /// must be there and make sense; a fit file that cannot be written leaves no output; a fill
