@@ -1120,6 +1120,19 @@ fn transform_usage_errors() {
         run(&args).fails(&[]);
         assert!(!Path::new(&o).exists(), "{extra:?} wrote a file");
     }
+    // Flags that would silently do nothing, or only the last of two.
+    for (extra, needle) in [
+        (&["--standardize", ""][..], "--standardize"),
+        (&["--minmax", ","][..], "--minmax"),
+        (&["--log1p", " "][..], "--log1p"),
+        (&["--clip", "f0=0:1", "--clip", "f0=-1:2"][..], "twice"),
+        (&["--with", "s=f0", "--with", "s=f1"][..], "twice"),
+    ] {
+        let mut args = vec!["transform", g.path.as_str(), "-o", &o];
+        args.extend(extra);
+        run(&args).fails_one_line(&[needle]);
+        assert!(!Path::new(&o).exists(), "{extra:?} wrote a file");
+    }
 }
 
 #[test]

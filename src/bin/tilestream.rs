@@ -613,12 +613,20 @@ fn histogram(
     out(s.trim_end())
 }
 
-fn cols_arg(v: &Option<String>) -> Cols {
-    match v.as_deref() {
+/// A `COLS` argument of flag `flag`: a comma list or `all`; an empty list is a usage error
+/// (`--standardize ''` would silently do nothing).
+fn cols_arg(flag: &str, v: &Option<String>) -> Result<Cols> {
+    Ok(match v.as_deref() {
         None => Cols::None,
         Some("all") => Cols::All,
-        Some(list) => Cols::List(list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()),
-    }
+        Some(list) => {
+            let names: Vec<String> = list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            if names.is_empty() {
+                bail!("{flag} needs column names (a comma list) or `all`");
+            }
+            Cols::List(names)
+        }
+    })
 }
 
 fn transform(ctx: &Ctx, a: &TransformArgs) -> Result<()> {
@@ -645,9 +653,9 @@ fn transform(ctx: &Ctx, a: &TransformArgs) -> Result<()> {
     } else {
         let mut t = Transform {
             select: a.select.clone(),
-            log1p: cols_arg(&a.log1p),
-            standardize: cols_arg(&a.standardize),
-            minmax: cols_arg(&a.minmax),
+            log1p: cols_arg("--log1p", &a.log1p)?,
+            standardize: cols_arg("--standardize", &a.standardize)?,
+            minmax: cols_arg("--minmax", &a.minmax)?,
             fill_nan: a.fill_nan,
             ..Transform::default()
         };
@@ -661,6 +669,9 @@ fn transform(ctx: &Ctx, a: &TransformArgs) -> Result<()> {
         for c in &a.clip {
             let (name, range) = c.rsplit_once('=').ok_or_else(|| anyhow!("--clip expects C=LO:HI, got `{c}`"))?;
             let (lo, hi) = split_range(range).ok_or_else(|| anyhow!("--clip expects C=LO:HI, got `{c}`"))?;
+            if t.clip.iter().any(|(n, _, _)| n == name) {
+                bail!("--clip is given twice for `{name}`");
+            }
             t.clip.push((name.to_string(), lo, hi));
         }
         for w in &a.with {
@@ -668,6 +679,9 @@ fn transform(ctx: &Ctx, a: &TransformArgs) -> Result<()> {
             let name = name.trim();
             if name.is_empty() {
                 bail!("--with expects NAME=EXPR, got `{w}`");
+            }
+            if t.with.iter().any(|(n, _)| n == name) {
+                bail!("--with defines `{name}` twice");
             }
             t.with.push((name.to_string(), parse_expr(expr).with_context(|| format!("--with {name}"))?));
         }
