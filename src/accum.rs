@@ -271,7 +271,19 @@ pub struct ColumnStats {
     pub std: Option<f64>,
 }
 
+/// Whether finite bounds `lo..hi` are further apart than f64 holds (`hi - lo` overflows):
+/// a histogram's or a min-max's width could not be computed.
+pub(crate) fn range_too_wide(lo: f64, hi: f64) -> bool {
+    lo.is_finite() && hi.is_finite() && (hi - lo).is_infinite()
+}
+
 impl ColumnStats {
+    /// The minimum and maximum as f64 (NaN without values).
+    pub(crate) fn range_f64(&self) -> (f64, f64) {
+        let f = |n: Option<Number>| n.map_or(f64::NAN, Number::as_f64);
+        (f(self.min), f(self.max))
+    }
+
     /// Whether the f64 sums behind the mean or the variance overflowed: values all finite
     /// (so a finite mean between min and max), yet a mean that is not finite or a variance
     /// that is NaN. Values near ±1.8e308 (or differences beyond ~1e154 for the variance) do

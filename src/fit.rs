@@ -215,7 +215,7 @@ impl Fit {
                     let (min, max) = (fitted("min")?, fitted("max")?);
                     // (A fit never gives a NaN bound: it skips NaN.)
                     if let (Some(lo), Some(hi)) = (min, max)
-                        && (lo.is_nan() || hi.is_nan() || lo > hi || (lo.is_finite() && hi.is_finite() && (hi - lo).is_infinite()))
+                        && (lo.is_nan() || hi.is_nan() || lo > hi || crate::accum::range_too_wide(lo, hi))
                     {
                         return Err(format!("minmax of `{column}` needs min <= max a finite width apart, got {lo}:{hi}"));
                     }

@@ -641,20 +641,18 @@ impl TransformQuery {
 /// Refuses a histogram range whose width overflows f64 (HI - LO beyond ~1.8e308): the
 /// normative bin formula, computed in f64, would put every value in bin 0.
 fn check_hist_width(column: &str, lo: f64, hi: f64) -> Result<()> {
-    if (hi - lo).is_finite() {
-        Ok(())
-    } else {
+    if crate::accum::range_too_wide(lo, hi) {
         Err(Error::plan(format!("histogram of `{column}`: its range {lo:e}:{hi:e} is wider than f64 can hold; give a narrower --range")))
+    } else {
+        Ok(())
     }
 }
 
 /// The refusal of statistics whose f64 sums overflowed (`ColumnStats::overflowed`).
 fn overflow_error(name: &str, c: &ColumnStats) -> Error {
-    let bound = |n: Option<crate::accum::Number>| n.map_or(f64::NAN, |n| n.as_f64());
+    let (lo, hi) = c.range_f64();
     Error::plan(format!(
-        "statistics of `{name}`: its values (from {:e} to {:e}) overflow the f64 arithmetic behind its mean, variance or width; leave the column out or scale it",
-        bound(c.min),
-        bound(c.max)
+        "statistics of `{name}`: its values (from {lo:e} to {hi:e}) overflow the f64 arithmetic behind its mean, variance or width; leave the column out or scale it"
     ))
 }
 
@@ -768,12 +766,9 @@ fn fit_params(lf: &LazyFrame, fit: &mut Fit, device: &Device, opts: &RunOptions,
         if let Some(step) = fit.steps.iter_mut().find(|s| &s.column == name && s.op.needs_fit()) {
             let st = accs.next().map(|a| a.finish()).ok_or_else(|| Error::plan("internal: fit pass lost a column"))?;
             // (Min-max needs only the bounds, and a width that f64 holds.)
-            let bound = |n: Option<crate::accum::Number>| n.map_or(f64::NAN, |n| n.as_f64());
+            let (lo, hi) = st.range_f64();
             if matches!(step.op, StepOp::Standardize { .. }) && st.overflowed()
-                || matches!(step.op, StepOp::MinMax { .. })
-                    && bound(st.min).is_finite()
-                    && bound(st.max).is_finite()
-                    && (bound(st.max) - bound(st.min)).is_infinite()
+                || matches!(step.op, StepOp::MinMax { .. }) && crate::accum::range_too_wide(lo, hi)
             {
                 return Err(overflow_error(name, &st));
             }

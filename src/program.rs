@@ -419,9 +419,7 @@ impl<'a> Builder<'a> {
     /// outside those of -inf..=inf, which bound a comparison where it could reach them.
     fn key_cmp(&mut self, key: Reg, cmp: Cmp, k: Reg) -> Reg {
         let c = self.op(Op::CmpI(cmp), &[key, k]);
-        let above_nan = self.constant(Value::I(f64_order_key(f64::NEG_INFINITY)));
-        let below_nan = self.constant(Value::I(f64_order_key(f64::INFINITY)));
-        let (lo, hi) = (self.op(Op::CmpI(Cmp::Ge), &[key, above_nan]), self.op(Op::CmpI(Cmp::Le), &[key, below_nan]));
+        let (lo, hi) = self.key_bounds(key);
         match cmp {
             Cmp::Lt | Cmp::Le => self.op(Op::And, &[c, lo]),
             Cmp::Gt | Cmp::Ge => self.op(Op::And, &[c, hi]),
@@ -433,6 +431,14 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// Whether an order key is at least -inf's and at most +inf's: both, for a value that is
+    /// not NaN.
+    fn key_bounds(&mut self, key: Reg) -> (Reg, Reg) {
+        let above_nan = self.constant(Value::I(f64_order_key(f64::NEG_INFINITY)));
+        let below_nan = self.constant(Value::I(f64_order_key(f64::INFINITY)));
+        (self.op(Op::CmpI(Cmp::Ge), &[key, above_nan]), self.op(Op::CmpI(Cmp::Le), &[key, below_nan]))
+    }
+
     /// A comparison of an f64 column with a literal or another f64 column, exactly (as
     /// numpy compares f64 arrays): on the columns' order keys rather than on f32 values
     /// (`ts > 1700000000.5` must not round the column to f32). `None`: not such a comparison.
@@ -442,9 +448,7 @@ impl<'a> Builder<'a> {
             let (ka, kb) = (self.load_key(ca), self.load_key(cb));
             // `key_cmp` keeps NaN values of a out (those of b too but where they could pass).
             let c = self.key_cmp(ka, cmp, kb);
-            let above_nan = self.constant(Value::I(f64_order_key(f64::NEG_INFINITY)));
-            let below_nan = self.constant(Value::I(f64_order_key(f64::INFINITY)));
-            let (lo, hi) = (self.op(Op::CmpI(Cmp::Ge), &[kb, above_nan]), self.op(Op::CmpI(Cmp::Le), &[kb, below_nan]));
+            let (lo, hi) = self.key_bounds(kb);
             let b_ok = self.op(Op::And, &[lo, hi]);
             return Some(self.op(Op::And, &[c, b_ok]));
         }
@@ -557,9 +561,8 @@ pub(crate) fn f64_order_key(x: f64) -> i64 {
 
 /// The value of a float literal, also under unary minus.
 fn is_float_literal(e: &Expr) -> Option<f64> {
-    match &e.kind {
-        ExprKind::Lit(Literal::Float(v)) => Some(*v),
-        ExprKind::Neg(inner) => is_float_literal(inner).map(|v| -v),
-        _ => None,
+    match literal_value(e)? {
+        Exact::F(v) => Some(v),
+        Exact::I(_) => None,
     }
 }

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use super::cpu_simd::{self, GW, GroupLanes};
 use super::{Backend, BlockPartial, TileOut, TileResult};
 use crate::accum::{Accumulator, BlockStats, HistAcc, bin_scale};
+use crate::backend::KeyMap;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::exec::GROUP_BLOCK_ROWS;
@@ -1661,74 +1662,6 @@ fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, acc: &mut HistC
     }
 }
 
-/// Dense slots of wide integer keys (32/64-bit) in first-seen order: an open-addressing
-/// table of the keys' 64-bit patterns with Fibonacci hashing, kept by a thread from block to
-/// block. Each entry carries the generation of the block that wrote it, so that a block
-/// starts with an empty table without clearing it (`next_block`). Several times faster than
-/// a `HashMap` (SipHash) per row: a group-by of 20M rows by 1,000 i32 or i64 ids went from
-/// 0.53 to 0.13 s.
-struct KeyMap {
-    /// (key bits, generation, slot) per entry; a power-of-two count, at most a quarter full
-    /// (half full, probes mispredicted enough to cost a third of the time with random keys).
-    entries: Vec<(u64, u32, u32)>,
-    generation: u32,
-}
-
-impl KeyMap {
-    fn new() -> KeyMap {
-        KeyMap { entries: vec![(0, 0, 0); 1024], generation: 0 }
-    }
-
-    /// Empties the table for the next block.
-    fn next_block(&mut self) {
-        self.generation = self.generation.wrapping_add(1);
-        if self.generation == 0 {
-            // After 2^32 blocks, entries of generation 1 could still be there.
-            self.entries.fill((0, 0, 0));
-            self.generation = 1;
-        }
-    }
-
-    /// The entry that holds, or would hold, key bits `k`.
-    #[inline(always)]
-    fn find(&self, k: u64) -> usize {
-        let mask = self.entries.len() - 1;
-        let mut h = (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.entries.len().trailing_zeros())) as usize;
-        // The table is never full: the probe ends at the key or an empty entry.
-        while self.entries[h].1 == self.generation && self.entries[h].0 != k {
-            h = (h + 1) & mask;
-        }
-        h
-    }
-
-    /// The slot of key bits `k` of key `value`: a new key takes the next slot and is pushed
-    /// on `keys`; more than `MAX_GROUPS` keys is the query's error.
-    #[inline(always)]
-    fn slot(&mut self, k: u64, value: i128, keys: &mut Vec<i128>) -> Result<u32> {
-        let h = self.find(k);
-        if self.entries[h].1 == self.generation {
-            return Ok(self.entries[h].2);
-        }
-        // A unit's partial holds at most MAX_GROUPS groups (the tile size counts on it): more
-        // is the query's error anyway.
-        if keys.len() == crate::exec::MAX_GROUPS {
-            return Err(crate::exec::too_many_groups());
-        }
-        let slot = keys.len() as u32;
-        keys.push(value);
-        self.entries[h] = (k, self.generation, slot);
-        if keys.len() * 4 > self.entries.len() {
-            let bigger = vec![(0, 0, 0); self.entries.len() * 2];
-            let old = std::mem::replace(&mut self.entries, bigger);
-            for e in old.into_iter().filter(|e| e.1 == self.generation) {
-                let h = self.find(e.0);
-                self.entries[h] = e;
-            }
-        }
-        Ok(slot)
-    }
-}
-
 /// Per-thread buffers of the group-by kernel.
 struct GroupBufs<'s> {
     lanes: &'s mut Vec<GroupLanes>,
@@ -1796,29 +1729,7 @@ fn group_block<'a>(
                     None
                 }
                 _ => {
-                    map.next_block();
-                    on_view!(key, x => {
-                        // Rows with the previous row's key (sorted or clustered keys) skip
-                        // the table.
-                        let mut last: Option<(u64, u32)> = None;
-                        for i in 0..n {
-                            if mask.is_some_and(|m| m[i] == 0) {
-                                slots[i] = u32::MAX;
-                                continue;
-                            }
-                            let kv = x[i].i128();
-                            // Every integer key (-2^63 ..= 2^64 - 1) has its own 64-bit pattern.
-                            let bits = kv as u64;
-                            slots[i] = match last {
-                                Some((b, slot)) if b == bits => slot,
-                                _ => {
-                                    let slot = map.slot(bits, kv, keys)?;
-                                    last = Some((bits, slot));
-                                    slot
-                                }
-                            };
-                        }
-                    });
+                    on_view!(key, x => wide_slots(x, mask, map, keys, slots))?;
                     None
                 }
             };
@@ -1931,6 +1842,16 @@ fn narrow_slots<T: Elem>(x: &[T], mask: Option<&[u8]>, table: &mut [u32], keys: 
         }
         slots[i] = if on { e.wrapping_sub(1) } else { u32::MAX };
     }
+}
+
+/// Slots of 32/64-bit keys in first-seen order (`keys` gets each new key), `u32::MAX`
+/// where the mask drops the row; more than `MAX_GROUPS` keys is the query's error.
+fn wide_slots<T: Elem>(x: &[T], mask: Option<&[u8]>, map: &mut KeyMap, keys: &mut Vec<i128>, slots: &mut [u32]) -> Result<()> {
+    map.next_block();
+    for (i, s) in slots[..x.len()].iter_mut().enumerate() {
+        *s = if mask.is_some_and(|m| m[i] == 0) { u32::MAX } else { map.slot(x[i].i128(), keys)? };
+    }
+    Ok(())
 }
 
 /// The groups' rows from `count_rows`'s counters.

@@ -448,10 +448,23 @@ impl Backend for Cuda {
             })();
             match buffers {
                 Ok(mut s) => {
-                    // A table of keys: the input buffer's first bytes, staged once (`submit`
-                    // copies them with every tile).
+                    // A table of keys: the input buffer's first bytes, copied once per query
+                    // (tiles write their columns after it). The copy is queued on the slot's
+                    // stream, before any tile's work, from pinned memory that stays untouched.
                     if let Some(KeySlots::Table(t)) = &kernel.group_keys {
                         s.h_in.bytes_mut()[..t.len() * 8].copy_from_slice(bytemuck::cast_slice(t));
+                        // SAFETY: d_in holds the table's bytes; the pinned source lives as long
+                        // as the slot and its prefix is never written again.
+                        let copied = self.gpu.check("cuMemcpyHtoDAsync", unsafe {
+                            cu::memcpy_htod_async(s.d_in.ptr, &s.h_in.bytes()[..t.len() * 8], s.stream)
+                        });
+                        if let Err(e) = copied {
+                            // SAFETY: as below; nothing else was queued on the stream.
+                            unsafe {
+                                let _ = cu::stream::destroy(stream);
+                            }
+                            return Err(e);
+                        }
                     }
                     slots.push(Mutex::new(s))
                 }
@@ -490,10 +503,6 @@ impl Backend for Cuda {
         let mut slot = prep.slots[index].lock().map_err(|_| device_error(&gpu.name, "a previous run panicked during a tile"))?;
         let slot = &mut *slot;
         let stream = slot.stream;
-        if let Some(KeySlots::Table(t)) = &k.group_keys {
-            // SAFETY: as below; the pinned prefix holds the table (written in `prepare`).
-            gpu.check("cuMemcpyHtoDAsync", unsafe { cu::memcpy_htod_async(slot.d_in.ptr, &slot.h_in.bytes()[..t.len() * 8], stream) })?;
-        }
         // Stage the tile's columns (each read once from the mapped file), then copy them.
         for (i, &col) in prep.inputs.iter().enumerate() {
             let size = prep.dtypes[i].size();

@@ -332,29 +332,16 @@ impl Gen<'_> {
         if !prog.hists.is_empty() || !prog.outputs.is_empty() {
             return Err(unsupported("histograms or output columns in a group-by"));
         }
-        let keys = match (self.dtypes[key], keys) {
-            (DType::U8 | DType::Bool, _) => KeySlots::Range(0, 255),
-            (DType::I8, _) => KeySlots::Range(-128, 127),
-            (_, Some(keys)) => keys,
-            (d, None) => return Err(unsupported(format!("group-by on a {d} key without its keys"))),
-        };
-        // Slots, and the bytes of the key table before the columns.
-        let (slots, table_bytes) = match &keys {
-            KeySlots::Range(lo, hi) => {
-                let span = (*hi as i128 - *lo as i128 + 1).max(1) as u64;
-                if span > MAX_KEY_SPAN {
-                    return Err(unsupported(format!(
-                        "a group-by whose keys span more than {MAX_KEY_SPAN} values ({lo} to {hi}) without their table"
-                    )));
-                }
-                (span, 0)
-            }
-            KeySlots::Table(t) => {
-                if t.len() as u64 > MAX_KEY_SPAN {
-                    return Err(unsupported(format!("a group-by on {} distinct keys (at most {MAX_KEY_SPAN})", t.len())));
-                }
-                (t.len().max(1) as u64, (t.len() as u64 * 8).next_multiple_of(ALIGN))
-            }
+        let d = self.dtypes[key];
+        let keys = KeySlots::of(d, keys).ok_or_else(|| unsupported(format!("group-by on a {d} key without its keys")))?;
+        let slots = keys.count();
+        if slots > MAX_KEY_SPAN {
+            return Err(unsupported(format!("a group-by on {slots} key slots (at most {MAX_KEY_SPAN})")));
+        }
+        // The bytes of the key table before the columns.
+        let table_bytes = match &keys {
+            KeySlots::Table(t) => (t.len() as u64 * 8).next_multiple_of(ALIGN),
+            KeySlots::Range(..) => 0,
         };
         let in_offsets: Vec<u64> = in_offsets.iter().map(|o| o + table_bytes).collect();
         let in_bytes = in_bytes + table_bytes;

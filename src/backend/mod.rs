@@ -177,6 +177,93 @@ fn wgpu_named(name: &str, _index: Option<&str>) -> Result<Device> {
     Err(Error::BackendUnavailable { device: name.to_string(), reason: "this build of tilestream has the `wgpu` feature off".to_string() })
 }
 
+/// Dense slots of integer keys in first-seen order: an open-addressing table of the keys'
+/// 64-bit patterns with Fibonacci hashing (every key in -2^63 ..= 2^64 - 1 has its own),
+/// kept by a CPU thread from block to block, and the GPU group-bys' host pass over a key
+/// column (`group_keys`). Runs of one key (sorted or clustered keys) skip the table. Each
+/// entry carries the generation of the block that wrote it, so that a block starts with an
+/// empty table without clearing it (`next_block`). Several times faster than a `HashMap`
+/// (SipHash) per row: a group-by of 20M rows by 1,000 i32 or i64 ids went from 0.53 to 0.13 s.
+pub(crate) struct KeyMap {
+    /// (key bits, generation, slot) per entry; a power-of-two count, at most a quarter full
+    /// (half full, probes mispredicted enough to cost a third of the time with random keys).
+    entries: Vec<(u64, u32, u32)>,
+    generation: u32,
+    /// The last key looked up and its slot.
+    last: Option<(u64, u32)>,
+}
+
+impl KeyMap {
+    /// An empty table (its entries are of generation 0).
+    pub(crate) fn new() -> KeyMap {
+        KeyMap { entries: vec![(0, 0, 0); 1024], generation: 1, last: None }
+    }
+
+    /// Empties the table for the next block.
+    pub(crate) fn next_block(&mut self) {
+        self.last = None;
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            // After 2^32 blocks, entries of generation 1 could still be there.
+            self.entries.fill((0, 0, 0));
+            self.generation = 1;
+        }
+    }
+
+    /// The entry that holds, or would hold, key bits `k`.
+    #[inline(always)]
+    fn find(&self, k: u64) -> usize {
+        let mask = self.entries.len() - 1;
+        let mut h = (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.entries.len().trailing_zeros())) as usize;
+        // The table is never full: the probe ends at the key or an empty entry.
+        while self.entries[h].1 == self.generation && self.entries[h].0 != k {
+            h = (h + 1) & mask;
+        }
+        h
+    }
+
+    /// The slot of `key`: a new key takes the next slot and is pushed on `keys`; more than
+    /// `MAX_GROUPS` keys is the query's error.
+    #[inline(always)]
+    pub(crate) fn slot(&mut self, key: i128, keys: &mut Vec<i128>) -> Result<u32> {
+        let k = key as u64;
+        if let Some((b, slot)) = self.last
+            && b == k
+        {
+            return Ok(slot);
+        }
+        let slot = self.insert(k, key, keys)?;
+        self.last = Some((k, slot));
+        Ok(slot)
+    }
+
+    /// `slot` past the run shortcut, `k` being `value`'s bits.
+    #[inline(always)]
+    fn insert(&mut self, k: u64, value: i128, keys: &mut Vec<i128>) -> Result<u32> {
+        let h = self.find(k);
+        if self.entries[h].1 == self.generation {
+            return Ok(self.entries[h].2);
+        }
+        // A unit's partial holds at most MAX_GROUPS groups (the tile size counts on it): more
+        // is the query's error anyway.
+        if keys.len() == crate::exec::MAX_GROUPS {
+            return Err(crate::exec::too_many_groups());
+        }
+        let slot = keys.len() as u32;
+        keys.push(value);
+        self.entries[h] = (k, self.generation, slot);
+        if keys.len() * 4 > self.entries.len() {
+            let bigger = vec![(0, 0, 0); self.entries.len() * 2];
+            let old = std::mem::replace(&mut self.entries, bigger);
+            for e in old.into_iter().filter(|e| e.1 == self.generation) {
+                let h = self.find(e.0);
+                self.entries[h] = e;
+            }
+        }
+        Ok(slot)
+    }
+}
+
 /// How a GPU group-by kernel numbers the values of its key: the slots of its sweeps. A key
 /// wider than 8 bits is read on the host first (`group_keys`).
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -191,6 +278,24 @@ pub(crate) enum KeySlots {
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 impl KeySlots {
+    /// A kernel's keys: an 8-bit (or bool) key is its own range; a wider one needs `keys`,
+    /// read from the column by `group_keys` (`None` without them).
+    pub(crate) fn of(dtype: DType, keys: Option<KeySlots>) -> Option<KeySlots> {
+        match dtype {
+            DType::U8 | DType::Bool => Some(KeySlots::Range(0, 255)),
+            DType::I8 => Some(KeySlots::Range(-128, 127)),
+            _ => keys,
+        }
+    }
+
+    /// The slots a kernel's sweeps cover: the range's values or the table's keys (at least 1).
+    pub(crate) fn count(&self) -> u64 {
+        match self {
+            KeySlots::Range(lo, hi) => (*hi as i128 - *lo as i128 + 1).max(1) as u64,
+            KeySlots::Table(t) => t.len().max(1) as u64,
+        }
+    }
+
     /// The key of slot `j`.
     pub(crate) fn key(&self, j: usize) -> i128 {
         match self {
@@ -227,90 +332,27 @@ fn each_key(ds: &Dataset, col: usize, device: &str, mut f: impl FnMut(i64) -> Re
     ds.check_faults()
 }
 
-/// The smallest and largest value of an integer key column (a host pass over the column):
-/// `group_keys` sizes a GPU group-by's key sweeps from it. `device` names the backend in errors.
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-fn key_range(ds: &Dataset, col: usize, device: &str) -> Result<(i64, i64)> {
-    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-    each_key(ds, col, device, |v| {
-        lo = lo.min(v);
-        hi = hi.max(v);
-        Ok(())
-    })?;
-    Ok(if lo > hi { (0, 0) } else { (lo, hi) })
-}
-
-/// The sorted distinct keys of an integer key column whose values lie in `range` (from
-/// `key_range`; a second host pass), when a GPU group-by taking `per_sweep` keys per sweep
-/// needs fewer sweeps over them than over the range, or the range spans more than
-/// `MAX_GROUPS` values; `None` when the range does as well. More than `MAX_GROUPS` distinct
-/// keys is `Unsupported` (the CPU runs such a query, or says that its groups are too many).
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-fn key_table(ds: &Dataset, col: usize, range: (i64, i64), per_sweep: u64, device: &str) -> Result<Option<Vec<i64>>> {
-    let max = crate::exec::MAX_GROUPS;
-    let (lo, hi) = range;
-    let span = (hi as i128 - lo as i128 + 1) as u128;
-    if span <= per_sweep as u128 {
-        return Ok(None);
-    }
-    let keys = if span <= max as u128 {
-        // A bit per value of the range.
-        let mut seen = vec![0u64; (span as usize).div_ceil(64)];
-        each_key(ds, col, device, |k| {
-            if k < lo || k > hi {
-                // The file changed since `key_range` read it.
-                ds.check_unchanged()?;
-                return Err(Error::plan("the group-by key column changed while it was being read"));
-            }
-            // lo <= k <= hi, whose span fits in usize.
-            let j = (k - lo) as usize;
-            seen[j / 64] |= 1 << (j % 64);
-            Ok(())
-        })?;
-        (0..span as usize).filter(|&j| seen[j / 64] >> (j % 64) & 1 != 0).map(|j| lo + j as i64).collect()
-    } else {
-        // Open addressing in 2^18 slots, never more than a quarter full (at most `max` keys).
-        const BITS: u32 = 18;
-        let (mut slots, mut used) = (vec![0i64; 1 << BITS], vec![false; 1 << BITS]);
-        let mut keys: Vec<i64> = Vec::new();
-        let mut last = None;
-        each_key(ds, col, device, |k| {
-            if last == Some(k) {
-                return Ok(());
-            }
-            last = Some(k);
-            let mut h = ((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BITS)) as usize;
-            while used[h] {
-                if slots[h] == k {
-                    return Ok(());
-                }
-                h = (h + 1) & ((1 << BITS) - 1);
-            }
-            if keys.len() == max {
-                return Err(Error::Unsupported(format!("group-by on more than {max} distinct keys on the {device} backend")));
-            }
-            (used[h], slots[h]) = (true, k);
-            keys.push(k);
-            Ok(())
-        })?;
-        keys.sort_unstable();
-        keys
-    };
-    let sweeps = |n: u128| n.div_ceil(per_sweep as u128);
-    Ok((span > max as u128 || sweeps(keys.len() as u128) < sweeps(span)).then_some(keys))
-}
-
 /// How a GPU group-by taking `per_sweep` keys per sweep numbers the keys of integer column
-/// `col` wider than 8 bits: by their range, or by a table of their distinct values when that
-/// takes fewer sweeps or the range spans more than `MAX_GROUPS` values (one or two host
-/// passes over the column).
+/// `col` wider than 8 bits, from one host pass that finds its distinct keys: by their range,
+/// or by the table of them when that takes fewer sweeps or the range spans more than
+/// `MAX_GROUPS` values. More than `MAX_GROUPS` distinct keys is `Unsupported` (the CPU runs
+/// such a query, or says that its groups are too many).
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub(crate) fn group_keys(ds: &Dataset, col: usize, per_sweep: u64, device: &str) -> Result<KeySlots> {
-    let (lo, hi) = key_range(ds, col, device)?;
-    Ok(match key_table(ds, col, (lo, hi), per_sweep, device)? {
-        Some(table) => KeySlots::Table(table),
-        None => KeySlots::Range(lo, hi),
-    })
+    let max = crate::exec::MAX_GROUPS;
+    let (mut map, mut found) = (KeyMap::new(), Vec::new());
+    each_key(ds, col, device, |k| {
+        map.slot(k as i128, &mut found)
+            .map(|_| ())
+            .map_err(|_| Error::Unsupported(format!("group-by on more than {max} distinct keys on the {device} backend")))
+    })?;
+    // `each_key` gives only values of i64.
+    let mut keys: Vec<i64> = found.into_iter().map(|k| k as i64).collect();
+    keys.sort_unstable();
+    let (Some(&lo), Some(&hi)) = (keys.first(), keys.last()) else { return Ok(KeySlots::Range(0, 0)) };
+    let span = (hi as i128 - lo as i128 + 1) as u128;
+    let sweeps = |n: u128| n.div_ceil(per_sweep as u128);
+    Ok(if span > max as u128 || sweeps(keys.len() as u128) < sweeps(span) { KeySlots::Table(keys) } else { KeySlots::Range(lo, hi) })
 }
 
 /// A failure injected into the GPU backends for tests, from `TILESTREAM_GPU_FAULT`:
@@ -435,7 +477,8 @@ mod tests {
     use crate::synth::{Rng, test_seed};
     use std::collections::BTreeSet;
 
-    /// `key_table` of a one-column dataset of `values` stored as `dtype`.
+    /// `group_keys`' table of a one-column dataset of `values` stored as `dtype` (`None`: the
+    /// range).
     fn table_of(dtype: DType, values: &[i128]) -> Result<Option<Vec<i64>>> {
         let dir = std::env::temp_dir().join(format!("tilestream-keys-{}-{dtype}-{}", std::process::id(), values.len()));
         std::fs::create_dir_all(&dir).expect("scratch folder");
@@ -452,7 +495,10 @@ mod tests {
         w.write_tile(values.len(), &[&bytes]).expect("write");
         w.finish().expect("finish");
         let ds = Dataset::open(&path).expect("open");
-        let t = key_range(&ds, 0, "wgpu").and_then(|range| key_table(&ds, 0, range, 256, "wgpu"));
+        let t = group_keys(&ds, 0, 256, "wgpu").map(|k| match k {
+            KeySlots::Table(t) => Some(t),
+            KeySlots::Range(..) => None,
+        });
         let _ = std::fs::remove_dir_all(&dir);
         t
     }

@@ -430,34 +430,26 @@ impl Gen<'_> {
         if !prog.hists.is_empty() || !prog.outputs.is_empty() {
             return Err(unsupported("histograms or output columns in a group-by"));
         }
-        let keys = match (self.dtypes[key], keys) {
-            (DType::U8 | DType::Bool, _) => KeySlots::Range(0, 255),
-            (DType::I8, _) => KeySlots::Range(-128, 127),
-            (_, Some(keys)) => keys,
-            (d, None) => return Err(unsupported(format!("group-by on a {d} key without its keys"))),
-        };
-        let max = crate::exec::MAX_GROUPS as u64;
-        // Slots, the key's slot as WGSL (`key_code`), and the key table's words.
-        let (slots, key_code, table) = match &keys {
-            KeySlots::Range(lo, hi) => {
-                let span = (*hi as i128 - *lo as i128 + 1).max(1) as u64;
-                if span > max {
-                    return Err(unsupported(format!("group-by on keys spanning {span} values without their table")));
-                }
-                let code = format!(
+        let d = self.dtypes[key];
+        let keys = KeySlots::of(d, keys).ok_or_else(|| unsupported(format!("group-by on a {d} key without its keys")))?;
+        let slots = keys.count();
+        if slots > crate::exec::MAX_GROUPS as u64 {
+            return Err(unsupported(format!("group-by on {slots} key slots (at most {})", crate::exec::MAX_GROUPS)));
+        }
+        // The key's slot as WGSL (`key_code`), and the key table's words.
+        let (key_code, table) = match &keys {
+            KeySlots::Range(lo, _) => (
+                format!(
                     "const KEY_BASE: vec2<u32> = {};\n// Key k's slot: its distance from the smallest key.\nfn key_code(k: vec2<u32>) -> vec2<u32> {{ return u64_sub(k, KEY_BASE); }}\n",
                     pair_lit(*lo as u64)
-                );
-                (span, code, Vec::new())
-            }
-            KeySlots::Table(t) => {
-                if t.len() as u64 > max {
-                    return Err(unsupported(format!("group-by on {} distinct keys (at most {max})", t.len())));
-                }
-                // Order keys (`i64_key` in lib.wgsl): high word with its sign bit flipped first.
-                let words = t.iter().flat_map(|&k| [((k as u64) >> 32) as u32 ^ 0x8000_0000, k as u32]).collect();
-                (t.len().max(1) as u64, format!("const KEY_COUNT: u32 = {}u;\n{KEY_SEARCH}", t.len()), words)
-            }
+                ),
+                Vec::new(),
+            ),
+            // Order keys (`i64_key` in lib.wgsl): high word with its sign bit flipped first.
+            KeySlots::Table(t) => (
+                format!("const KEY_COUNT: u32 = {}u;\n{KEY_SEARCH}", t.len()),
+                t.iter().flat_map(|&k| [((k as u64) >> 32) as u32 ^ 0x8000_0000, k as u32]).collect(),
+            ),
         };
         let sweeps = slots.div_ceil(GROUP_SLOTS);
         let (slot_offsets, inp_words) = column_offsets(self.dtypes, cap_rows, table.len() as u64);
