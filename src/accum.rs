@@ -63,6 +63,39 @@ impl Default for BlockStats {
     }
 }
 
+impl BlockStats {
+    /// Adds `o`, the partial of the rows that follow, keeping this partial's pivot p: o's
+    /// sums about its pivot q re-centred, Σ(x - p) = Σ(x - q) + n(q - p) and Σ(x - p)² =
+    /// Σ(x - q)² + (q - p)(2Σ(x - q) + n(q - p)). Both pivots are values of the column, so
+    /// the terms are no larger than the sums they make (Cauchy-Schwarz bounds |Σ(x - q)|):
+    /// no cancellation to speak of. How the CPU joins a group's blocks into one partial of
+    /// a larger unit.
+    pub(crate) fn append(&mut self, o: &BlockStats) {
+        self.nan += o.nan;
+        if o.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            let nan = self.nan;
+            *self = *o;
+            self.nan = nan;
+            return;
+        }
+        let n = o.count as f64;
+        let d = o.pivot - self.pivot;
+        self.sum_d2 += o.sum_d2 + d * (2.0 * o.sum_d + n * d);
+        self.sum_d += o.sum_d + n * d;
+        self.count += o.count;
+        self.inf += o.inf;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        self.fmin = self.fmin.min(o.fmin);
+        self.fmax = self.fmax.max(o.fmax);
+        self.imin = self.imin.min(o.imin);
+        self.imax = self.imax.max(o.imax);
+    }
+}
+
 /// Running statistics of a column: counts, compensated sum, and (count, mean, M2) merged
 /// with Chan's formula in f64.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::accum::{Accumulator, HistAcc, StatsAcc};
-use crate::backend::{Backend, TileOut};
+use crate::backend::{Backend, KeyMap, TileOut};
 use crate::error::{Error, Result};
 use crate::program::FusedProgram;
 use crate::sink::table::TableWriter;
@@ -93,8 +93,10 @@ pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64, unit: u6
             1 => 256,
             _ => MAX_GROUPS as u64,
         };
-        let per_group = prog.stats.len().max(1) * std::mem::size_of::<crate::accum::BlockStats>()
-            + std::mem::size_of::<(i128, u64, Vec<crate::accum::BlockStats>)>();
+        // Per group: its partial, and the task's working state (the CPU's row-wise lanes,
+        // 40 bytes per column, and ±inf counts) while the unit runs.
+        let per_group =
+            prog.stats.len().max(1) * (std::mem::size_of::<crate::accum::BlockStats>() + 48) + std::mem::size_of::<(i128, u64)>();
         let worst = unit.min(keys) * per_group as u64;
         units = units.min(budget / 2 / worst);
     }
@@ -157,7 +159,9 @@ fn run_tiles<B: Backend>(
     // budget unnoticed.
     let threads = opts.threads.unwrap_or_else(rayon::current_num_threads).max(1) as u64;
     let unit = backend.unit_rows(prog, ds);
-    let reg_bytes = prog.instrs.len() as u64 * unit * 8 * threads;
+    // (The rows a thread evaluates at a time are `unit_rows(prog)`, also where the CPU's
+    // partials are larger: `backend::cpu::unit_rows`.)
+    let reg_bytes = prog.instrs.len() as u64 * unit_rows(prog) * 8 * threads;
     if reg_bytes > opts.memory_budget.max(64 << 20) {
         return Err(Error::plan(format!(
             "the query's expressions need {} MiB of working memory on {threads} threads (more than --memory-budget); simplify them or raise the budget",
@@ -181,10 +185,12 @@ fn run_tiles<B: Backend>(
         tile_rows: tile,
         ..PassOutput::default()
     };
-    // Groups as they are first seen, found by key through a hash map (a B-tree lookup per
-    // unit and group made group-bys of many keys slow), ordered by key at the end.
-    let mut groups: Vec<(i128, u64, Vec<StatsAcc>)> = Vec::new();
-    let mut group_of: std::collections::HashMap<i128, usize> = std::collections::HashMap::new();
+    // Groups as they are first seen, found by key through the open-addressing `KeyMap` (a
+    // B-tree lookup per unit and group made group-bys of many keys slow, and SipHash in a
+    // `HashMap` cost a tenth of a 60,000-key group-by), ordered by key at the end.
+    let mut groups: Vec<(u64, Vec<StatsAcc>)> = Vec::new();
+    let mut group_keys: Vec<i128> = Vec::new();
+    let mut group_of = KeyMap::new();
     let mut tile_out = TileOut::default();
     if sink.is_some() {
         tile_out.columns = prog.outputs.iter().map(|o| vec![0u8; (tile.min(rows.max(1))) as usize * o.dtype.size()]).collect();
@@ -226,19 +232,17 @@ fn run_tiles<B: Backend>(
             for (acc, bs) in out.stats.iter_mut().zip(&part.stats) {
                 acc.add_block(bs);
             }
-            for (key, grows, bstats) in &part.groups {
-                let j = *group_of.entry(*key).or_insert_with(|| {
-                    groups.push((*key, 0, vec![StatsAcc::default(); bstats.len()]));
-                    groups.len() - 1
-                });
+            for (key, grows, bstats) in part.groups.iter() {
+                // More than MAX_GROUPS keys is the query's error.
+                let j = group_of.slot(key, &mut group_keys)? as usize;
+                if j == groups.len() {
+                    groups.push((0, vec![StatsAcc::default(); bstats.len()]));
+                }
                 let entry = &mut groups[j];
-                entry.1 += grows;
-                for (acc, bs) in entry.2.iter_mut().zip(bstats) {
+                entry.0 += grows;
+                for (acc, bs) in entry.1.iter_mut().zip(bstats) {
                     acc.add_block(bs);
                 }
-            }
-            if groups.len() > MAX_GROUPS {
-                return Err(too_many_groups());
             }
             for (tot, c) in out.out_counts.iter_mut().zip(&part.out_counts) {
                 tot.0 += c.0;
@@ -266,6 +270,6 @@ fn run_tiles<B: Backend>(
         }
     }
     ds.check_unchanged()?;
-    out.groups = groups.into_iter().map(|(key, rows, accs)| (key, (rows, accs))).collect();
+    out.groups = group_keys.into_iter().zip(groups).collect();
     Ok(out)
 }

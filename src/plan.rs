@@ -369,7 +369,9 @@ impl AggregateQuery {
     pub fn collect_with(&self, device: &Device, opts: &RunOptions) -> Result<AggregateResult> {
         let (stats, hists) = self.resolve()?;
         let threads = opts.threads.unwrap_or_else(rayon::current_num_threads) as u64;
-        let hist_bytes: u64 = hists.iter().map(|h| (h.1 as u64 + 4) * 8 * (threads + 1)).sum();
+        // Per bin: a u32 counter and a u64 total in each thread, the tile's and the pass's u64
+        // counts (`backend::cpu::HistCounts`, `exec::run`).
+        let hist_bytes: u64 = hists.iter().map(|h| (h.1 as u64 + 4) * (12 * threads + 16)).sum();
         if hist_bytes > opts.memory_budget.max(64 << 20) {
             return Err(Error::plan(format!(
                 "histograms of this many bins need {} MiB on {threads} threads; raise --memory-budget or use fewer --bins",
@@ -379,17 +381,19 @@ impl AggregateQuery {
         let mut report = RunReport::default();
         let hists = self.hist_ranges(&hists, device, opts, &mut report)?;
         let prog = self.program(&stats, &hists)?;
-        let out = run_pass(device, &prog, &self.lf.ds, opts, None)?;
+        let mut out = run_pass(device, &prog, &self.lf.ds, opts, None)?;
         account(&mut report, device, &prog, &self.lf.ds, &out);
         let finish = |accs: &[StatsAcc]| stats.iter().cloned().zip(accs.iter().map(|a| a.finish())).collect::<Vec<_>>();
+        // Counts and groups are moved out of the pass's output, not copied: a histogram of
+        // millions of bins or 65,536 groups of many columns is not held twice.
         let histograms = hists
             .iter()
-            .zip(&out.hists)
+            .zip(std::mem::take(&mut out.hists))
             .map(|((column, _, (lo, hi)), h)| Histogram {
                 column: column.clone(),
                 lo: *lo,
                 hi: *hi,
-                counts: h.counts.clone(),
+                counts: h.counts,
                 below: h.below,
                 above: h.above,
                 nan: h.nan,
@@ -397,8 +401,10 @@ impl AggregateQuery {
             })
             .collect();
         let columns = if self.key.is_some() { Vec::new() } else { finish(&out.stats) };
-        let groups: Vec<GroupStats> =
-            out.groups.iter().map(|(k, (rows, accs))| GroupStats { key: *k, rows: *rows, columns: finish(accs) }).collect();
+        let groups: Vec<GroupStats> = std::mem::take(&mut out.groups)
+            .into_iter()
+            .map(|(key, (rows, accs))| GroupStats { key, rows, columns: finish(&accs) })
+            .collect();
         for (name, c) in columns.iter().chain(groups.iter().flat_map(|g| &g.columns)) {
             if c.overflowed() {
                 return Err(overflow_error(name, c));
@@ -432,12 +438,15 @@ fn explain_program(prog: &FusedProgram, ds: &Dataset) -> String {
         exec::BLOCK_ROWS,
         if prog.key.is_some() {
             format!(
-                "on the CPU, per {unit}-row unit dense key slots (direct table for 8/16-bit keys, hash map otherwise), f32 columns \
-                 added row by row to their group's accumulators eight columns at a time, or four for four or fewer (up to 4096 \
-                 keys per unit with AVX2 or AVX-512; else gathered into key order); on wgpu and CUDA, one workgroup per {}-row unit and per sweep of 256 key slots, \
+                "on the CPU, per {unit}-row unit dense key slots (direct table for 8/16-bit keys, hash map otherwise; a unit of a \
+                 key wider than 8 bits is read in blocks of at most {} rows whose groups join), f32 columns added row by row to \
+                 their group's accumulators eight columns at a time, or four for four or fewer (with AVX2 or AVX-512; else \
+                 gathered into key order); tiles hold as many units as the budget keeps partials of {} groups for; on wgpu and CUDA, one workgroup per {}-row unit and per sweep of 256 key slots, \
                  one thread per key walking its rows in order (a key wider than 8 bits is read on the host first: its slot is its distance \
                  from the smallest key, or its index among the column's sorted distinct keys, found by binary search, when those take fewer \
                  sweeps or the range spans more than {} values; at most that many distinct keys); partials merged in unit order",
+                4 * exec::GROUP_BLOCK_ROWS,
+                exec::MAX_GROUPS,
                 exec::GROUP_BLOCK_ROWS,
                 exec::MAX_GROUPS
             )

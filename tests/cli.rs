@@ -1606,6 +1606,43 @@ fn sigint_exits_130_and_leaves_no_output() {
     }
 }
 
+/// A Ctrl-C while the output is blocked on a full pipe (the reader, in the same terminal,
+/// got the signal too and closes its end) exits 130, not 0 as an early-closing reader
+/// would.
+#[test]
+fn sigint_while_printing_exits_130() {
+    let dir = TempDir::new("sigint-print");
+    let data = dir.s("d.safetensors");
+    run(&["gen", &data, "--rows", "20000"]).ok();
+    // About 4 MB of JSON, far more than a pipe holds.
+    let args = ["hist", data.as_str(), "--column", "f0", "--bins", "2000000", "--json"];
+    let cmd = support::show_cmd(&args);
+    let mut child =
+        Command::new(support::bin()).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    // The first byte of output: the run is printing (and soon blocked on the full pipe).
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).expect("output starts");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let pid = i32::try_from(child.id()).expect("pid");
+    // SAFETY: plain kill(2) on the child we started and have not waited for yet.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    drop(stdout);
+    let status = wait_limited(&mut child, support::TIME_LIMIT, &cmd);
+    let mut stderr = String::new();
+    let _ = child.stderr.take().expect("stderr").read_to_string(&mut stderr);
+    assert_eq!(status.code(), Some(130), "{cmd}: SIGINT while printing ({status:?}, stderr {stderr:?})");
+    assert_eq!(stderr, "tilestream: interrupted\n");
+    // Without the signal, a reader that stops early is no error (exit 0).
+    let mut child =
+        Command::new(support::bin()).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
+    let mut stdout = child.stdout.take().expect("stdout");
+    stdout.read_exact(&mut first).expect("output starts");
+    drop(stdout);
+    assert_eq!(wait_limited(&mut child, support::TIME_LIMIT, &cmd).code(), Some(0), "{cmd}: a closed pipe");
+}
+
 #[test]
 fn transform_strided_and_fortran_inputs() {
     let dir = TempDir::new("strided");

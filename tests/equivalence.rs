@@ -319,6 +319,90 @@ fn f32_group_bys_by_8_bit_keys_match_reference() {
     }
 }
 
+/// A group-by by a key wider than 8 bits makes one partial per unit of 2^21 rows on the CPU,
+/// read in blocks (of 262,144 rows, or 65,536 under a filter) whose groups join: f32 columns
+/// (and f16, widened) accumulate row by row across the blocks, others join block partials
+/// (`BlockStats::append`). Two units (one short), keys with few, sorted and 65,536 values,
+/// columns of five dtypes with NaN/±inf: the reference's values, and the same bits for every
+/// tile size and thread count.
+#[test]
+fn wide_key_group_bys_join_blocks_into_units() {
+    let seed = seed("wide_key_group_bys_join_blocks_into_units");
+    let mut rng = Rng::new(seed);
+    let dir = TempDir::new("units");
+    let rows = (1 << 21) + 70_001;
+    let f32s = |rng: &mut Rng, rate: f64| -> Vec<u8> {
+        let v: Vec<f32> = (0..rows).map(|_| awkward(rng, rate) as f32).collect();
+        bytemuck::cast_slice(&v).to_vec()
+    };
+    let mut cols = vec![
+        ColData { name: "a".into(), dtype: DType::F32, bytes: f32s(&mut rng, 0.01) },
+        ColData { name: "b".into(), dtype: DType::F32, bytes: f32s(&mut rng, 0.0) },
+    ];
+    let h: Vec<u16> = (0..rows).map(|_| half::f16::from_f64(awkward(&mut rng, 0.01)).to_bits()).collect();
+    cols.push(ColData { name: "h".into(), dtype: DType::F16, bytes: bytemuck::cast_slice(&h).to_vec() });
+    let d: Vec<f64> = (0..rows).map(|_| awkward(&mut rng, 0.01) * 1e-3 + 1e8).collect();
+    cols.push(ColData { name: "d".into(), dtype: DType::F64, bytes: bytemuck::cast_slice(&d).to_vec() });
+    let i: Vec<i32> = (0..rows).map(|_| (rng.normal() * 1000.0) as i32).collect();
+    cols.push(ColData { name: "i".into(), dtype: DType::I32, bytes: bytemuck::cast_slice(&i).to_vec() });
+    // Keys: ~3,000 random i32 ids, i64 runs (sorted), every u16 value.
+    let id: Vec<i32> = (0..rows).map(|_| (rng.uniform() * rng.uniform() * 3000.0) as i32 - 1500).collect();
+    cols.push(ColData { name: "id".into(), dtype: DType::I32, bytes: bytemuck::cast_slice(&id).to_vec() });
+    let t: Vec<i64> = (0..rows).map(|r| (r as i64 / 5000) * 1_000_000_007 - (1 << 40)).collect();
+    cols.push(ColData { name: "t".into(), dtype: DType::I64, bytes: bytemuck::cast_slice(&t).to_vec() });
+    let w: Vec<u16> = (0..rows).map(|_| (rng.next_u64() >> 48) as u16).collect();
+    cols.push(ColData { name: "w".into(), dtype: DType::U16, bytes: bytemuck::cast_slice(&w).to_vec() });
+    let path = dir.path("units.safetensors");
+    write_safetensors(&path, rows, &cols);
+    drop(cols);
+    let ds = Dataset::open(&path).unwrap();
+    let names = ["a", "b", "h", "d", "i"];
+    let pred = col("b").gt(lit(0.0));
+    for filtered in [false, true] {
+        let sel: Vec<u64> =
+            if filtered { reference::selected_rows(&ds, std::slice::from_ref(&pred), &[]) } else { (0..rows as u64).collect() };
+        for key in ["id", "t", "w"] {
+            let kc = ds.column_index(key).unwrap();
+            let mut want = std::collections::BTreeMap::<i128, Vec<u64>>::new();
+            for &r in &sel {
+                want.entry(reference::raw_f64(&ds, kc, r) as i128).or_default().push(r);
+            }
+            let what = format!("filtered={filtered} by {key} ({} keys)", want.len());
+            let mut first: Option<String> = None;
+            for opts in [
+                RunOptions::default(),
+                RunOptions { memory_budget: 1, threads: Some(1), ..RunOptions::default() },
+                RunOptions { memory_budget: 1 << 30, threads: Some(3), ..RunOptions::default() },
+            ] {
+                let mut lf = ds.lazy();
+                if filtered {
+                    lf = lf.filter(pred.clone());
+                }
+                let g = lf.group_by(key).aggregate([all_stats(names)]).collect_with(&Device::Cpu, &opts).unwrap();
+                let text = format!("{:?}", g.groups);
+                match &first {
+                    Some(f) => assert_eq!(f, &text, "{what}: results depend on the tile size or threads ({opts:?})"),
+                    None => {
+                        assert_eq!(
+                            g.groups.iter().map(|g| g.key).collect::<Vec<_>>(),
+                            want.keys().copied().collect::<Vec<_>>(),
+                            "{what}: keys"
+                        );
+                        for grp in &g.groups {
+                            let rows_k = &want[&grp.key];
+                            assert_eq!(grp.rows, rows_k.len() as u64, "{what}: group {} rows", grp.key);
+                            for (n, s) in &grp.columns {
+                                check_stats(&format!("{what} group={} col={n}", grp.key), s, &raw_values(&ds, n, rows_k));
+                            }
+                        }
+                        first = Some(text);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The CPU computes statistics that read a column in place (no filter, no key) in tasks of
 /// consecutive blocks: up to 16, fewer with more threads or smaller tiles, the tile's last
 /// task and block often short. Every grouping must give the reference's values and the same

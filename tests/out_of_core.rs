@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
+use tilestream::DType;
+use tilestream::sink::table::{OutputColumn, OutputFormat, TableWriter};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tilestream");
 
@@ -481,6 +483,73 @@ fn npy_columns(path: &Path, size: usize) -> (Vec<u64>, Vec<Vec<u8>>) {
 // ---------------------------------------------------------------------------------------
 // 1. Memory
 // ---------------------------------------------------------------------------------------
+
+/// A group-by of 65,536 keys and a histogram of 1.5M bins, whose results and per-thread
+/// state are large whatever the file's size, stay within the budget too: their output is
+/// printed piece by piece, and each thread holds one set of buffers (with one per rayon
+/// split, and the output built whole as a JSON tree, both took several times the budget).
+#[test]
+fn many_groups_and_bins_stay_within_the_memory_budget() {
+    let _serial = serial();
+    let dir = TempDir::new("groups");
+    let path = dir.path("ids.safetensors");
+    // 3M rows: four f32 columns and an i32 `id` taking each of 65,536 values about 46 times.
+    let rows = 3_000_000usize;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut cols: Vec<(String, DType, Vec<u8>)> = (0..4)
+        .map(|c| (format!("f{c}"), DType::F32, (0..rows).flat_map(|_| ((next() >> 40) as f32 / 1e4 - 800.0).to_le_bytes()).collect()))
+        .collect();
+    cols.push((
+        "id".into(),
+        DType::I32,
+        (0..rows).flat_map(|i| (((i as u64 * 2_654_435_761) % 65_536) as i32 - 1000).to_le_bytes()).collect(),
+    ));
+    let spec = cols.iter().map(|(n, d, _)| OutputColumn { name: n.clone(), dtype: *d }).collect();
+    let mut w = TableWriter::create(&path, OutputFormat::Safetensors, spec, rows as u64, true).expect("create");
+    w.write_tile(rows, &cols.iter().map(|c| c.2.as_slice()).collect::<Vec<_>>()).expect("write");
+    w.finish().expect("finish");
+    drop(cols);
+    let file = path.as_os_str();
+
+    let r = run_within_budget(
+        "stats --by id (65,536 groups)",
+        &[OsStr::new("stats"), file, OsStr::new("--by"), OsStr::new("id"), OsStr::new("--json")],
+    );
+    let v = r.json("stats --by id");
+    let groups = v["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 65_536);
+    assert_eq!(groups.iter().map(|g| g["rows"].as_u64().unwrap()).sum::<u64>(), rows as u64);
+    assert_eq!((groups[0]["key"].as_i64(), groups[65_535]["key"].as_i64()), (Some(-1000), Some(64_535)));
+    for g in groups {
+        assert_eq!(g["columns"]["f3"]["count"], g["rows"], "no NaN");
+    }
+
+    // Two threads: 1.5M bins need 40 bytes each (two threads' u32 counters and u64 totals,
+    // the tile's and the pass's counts), 60 MB, within the budget; more threads would not be.
+    let r = run_within_budget(
+        "hist --bins 1500000",
+        &[
+            OsStr::new("--threads"),
+            OsStr::new("2"),
+            OsStr::new("hist"),
+            file,
+            OsStr::new("--column"),
+            OsStr::new("f0"),
+            OsStr::new("--bins"),
+            OsStr::new("1500000"),
+            OsStr::new("--json"),
+        ],
+    );
+    let v = r.json("hist");
+    let counted: u64 = v["counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum();
+    assert_eq!((v["bins"].as_u64(), counted), (Some(1_500_000), rows as u64));
+}
 
 /// Every command on a 561 MB file under `--memory-budget 64MiB` keeps RssAnon under
 /// budget + 64 MiB, and writes outputs of the right size.

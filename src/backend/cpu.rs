@@ -9,8 +9,8 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::cpu_simd::{self, GW, GroupLanes};
-use super::{Backend, BlockPartial, TileOut, TileResult};
-use crate::accum::{Accumulator, BlockStats, HistAcc, bin_scale};
+use super::{Backend, BlockPartial, GroupPartials, TileOut, TileResult};
+use crate::accum::{BlockStats, HistAcc, bin_scale};
 use crate::backend::KeyMap;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -82,6 +82,11 @@ impl Cpu {
         };
         Ok(Cpu { pool, level: level() })
     }
+
+    /// Threads the backend runs on.
+    fn threads(&self) -> usize {
+        self.pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads()).max(1)
+    }
 }
 
 /// Rows per partial on the CPU of a group-by that computes nothing per row (no filter, no
@@ -96,9 +101,9 @@ impl Cpu {
 /// one thread block there, and fewer would leave a large GPU idle.
 const CPU_GROUP_BLOCK_ROWS: u64 = 4 * GROUP_BLOCK_ROWS;
 
-/// Rows per partial of a program on the CPU: `CPU_GROUP_BLOCK_ROWS` for a group-by without
-/// instructions whose columns `make_view` reads in place, else the GPUs' unit.
-pub(crate) fn unit_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
+/// Rows a block's kernels take at a time on the CPU: `CPU_GROUP_BLOCK_ROWS` for a group-by
+/// without instructions whose columns `make_view` reads in place, else the GPUs' unit.
+fn block_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
     let read_as_is = |&c: &usize| {
         let col = &ds.columns()[c];
         !matches!(col.dtype, DType::F16 | DType::BF16) && zero_copy(col)
@@ -110,6 +115,22 @@ pub(crate) fn unit_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
     }
 }
 
+/// Rows per partial of a group-by whose key is wider than 8 bits, on the CPU: its blocks
+/// join their groups into one partial (`BlockStats::append`, slots numbered for the whole
+/// unit). Such a key may have 65,536 groups, and every partial carries each group's
+/// statistics, which the driver merges serially: with a partial per block, 20M rows in
+/// 60,000 groups made 4.6M group partials (nearly one per four rows) and took 8.5 s.
+const WIDE_KEY_UNIT_ROWS: u64 = 8 * CPU_GROUP_BLOCK_ROWS;
+
+/// Rows per partial of a program on the CPU: `WIDE_KEY_UNIT_ROWS` for a group-by by a key
+/// wider than 8 bits, else a block (`block_rows`).
+pub(crate) fn unit_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
+    match prog.key {
+        Some(k) if ds.columns()[prog.inputs[k]].dtype.size() > 1 && prog.outputs.is_empty() => WIDE_KEY_UNIT_ROWS,
+        _ => block_rows(prog, ds),
+    }
+}
+
 /// A program checked against the dataset.
 pub(crate) struct Prepared {
     prog: FusedProgram,
@@ -117,6 +138,8 @@ pub(crate) struct Prepared {
     steps: Vec<Step>,
     /// Rows per partial.
     unit: u64,
+    /// Rows the kernels take at a time: the unit, or a whole fraction of it.
+    block: u64,
     /// How each block gathers the columns it cannot read in place.
     gather: GatherPlan,
     /// Per statistics entry: read in place from the mapping (an input column stored
@@ -129,7 +152,11 @@ pub(crate) struct Prepared {
     /// Per input slot: read only by in-place statistics, so blocks make no view of it (an
     /// f16/bf16 view would be converted for nothing).
     direct_only: Vec<bool>,
-    /// Per-thread buffers kept between tiles.
+    /// Buffers kept between tiles (allocating and zeroing them per tile costs more than the
+    /// work on small tiles): a task takes a set and puts it back, so there are as many as
+    /// tasks ever ran at once, at most one per thread, and one when tiles hold a single
+    /// task (with a set per rayon fold split, a 16M-bin histogram's counters were allocated
+    /// some 15 times on two threads, 3 GiB).
     scratch: std::sync::Mutex<Vec<Scratch>>,
 }
 
@@ -202,28 +229,28 @@ impl Cpu {
             }
         }
         let level = self.level;
-        let threads = self.pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+        let threads = self.threads();
         let group = group_blocks(prep, nblocks, threads);
         let work = || {
             let mut per_block = per_block;
             per_block
                 .par_chunks_mut(group)
                 .enumerate()
-                .fold(
-                    || {
-                        (
-                            prep.scratch.lock().ok().and_then(|mut p| p.pop()).unwrap_or_else(|| Scratch::new(&prep.prog, unit as usize)),
-                            Vec::new(),
-                        )
-                    },
-                    |(mut s, mut done), (g, outs)| {
-                        let r0 = tile.start + (g * group) as u64 * unit;
-                        let rows = (tile.end - r0).min(unit * outs.len() as u64) as usize;
-                        let parts = run_group(level, prep, ds, r0, rows, &mut s, outs);
-                        done.extend(parts.into_iter().enumerate().map(|(j, r)| (g * group + j, r)));
-                        (s, done)
-                    },
-                )
+                .flat_map_iter(|(g, outs)| {
+                    let r0 = tile.start + (g * group) as u64 * unit;
+                    let rows = (tile.end - r0).min(unit * outs.len() as u64) as usize;
+                    let mut s = prep
+                        .scratch
+                        .lock()
+                        .ok()
+                        .and_then(|mut pool| pool.pop())
+                        .unwrap_or_else(|| Scratch::new(&prep.prog, prep.block as usize));
+                    let parts = run_group(level, prep, ds, r0, rows, &mut s, outs);
+                    if let Ok(mut pool) = prep.scratch.lock() {
+                        pool.push(s);
+                    }
+                    parts.into_iter().enumerate().map(move |(j, r)| (g * group + j, r))
+                })
                 .collect::<Vec<_>>()
         };
         let parts = match &self.pool {
@@ -231,29 +258,17 @@ impl Cpu {
             None => work(),
         };
         let mut hists: Vec<HistAcc> = prep.prog.hists.iter().map(|h| HistAcc::new(h.bins)).collect();
-        let mut blocks: Vec<(usize, BlockPartial)> = Vec::with_capacity(nblocks);
-        let mut first_err = None;
-        for (mut scratch, done) in parts {
-            for (h, ext) in hists.iter_mut().zip(scratch.hists.iter_mut()) {
-                let mut counts = ext.take();
-                // Bins, then below, above, NaN and unselected.
-                let tail = counts.split_off(counts.len() - 4);
-                h.merge(&HistAcc { counts, below: tail[0], above: tail[1], nan: tail[2] });
-            }
-            for (b, r) in done {
-                match r {
-                    Ok(p) => blocks.push((b, p)),
-                    Err(e) => first_err = first_err.or(Some(e)),
+        // Every task has put its buffers back.
+        if let Ok(mut pool) = prep.scratch.lock() {
+            for scratch in pool.iter_mut() {
+                for (h, ext) in hists.iter_mut().zip(scratch.hists.iter_mut()) {
+                    ext.drain_into(h);
                 }
             }
-            // Buffers are reused by the next tile: allocating (and zeroing) them per tile
-            // costs more than the work on small tiles.
-            if let Ok(mut pool) = prep.scratch.lock() {
-                pool.push(scratch);
-            }
         }
-        if let Some(e) = first_err {
-            return Err(e);
+        let mut blocks: Vec<(usize, BlockPartial)> = Vec::with_capacity(nblocks);
+        for (b, r) in parts {
+            blocks.push((b, r?));
         }
         blocks.sort_by_key(|(b, _)| *b);
         Ok(TileResult { blocks: blocks.into_iter().map(|(_, p)| p).collect(), hists })
@@ -310,6 +325,7 @@ impl Backend for Cpu {
             dtypes,
             steps,
             unit: self.unit_rows(prog, ds),
+            block: block_rows(prog, ds),
             gather,
             direct,
             direct_only,
@@ -318,7 +334,7 @@ impl Backend for Cpu {
     }
 }
 
-/// Per-thread buffers, allocated once per fold split and reused for every block.
+/// A task's buffers, reused by the tasks that follow it (`Prepared::scratch`).
 struct Scratch {
     gather: Vec<Vec<u64>>,
     conv: Vec<Vec<f32>>,
@@ -328,13 +344,12 @@ struct Scratch {
     codes: Vec<u32>,
     order: Vec<u32>,
     gbuf: Vec<f32>,
-    lanes: Vec<GroupLanes>,
-    infs: Vec<u64>,
     sel: Vec<u32>,
     keys: Vec<i128>,
     slots: Vec<u32>,
     key_table: Vec<u32>,
     key_map: KeyMap,
+    unit_groups: UnitGroups,
     fbuf: Vec<f32>,
     dbuf: Vec<f64>,
     hbuf: Vec<u16>,
@@ -428,10 +443,20 @@ impl HistCounts {
         (&mut self.copies, self.stride)
     }
 
-    /// The totals so far (`stride` codes); starts again from zero.
-    fn take(&mut self) -> Vec<u64> {
+    /// Adds the totals so far into `h` (bins, then below, above and NaN; unselected rows are
+    /// not reported) and starts again from zero, allocating nothing (a histogram may have
+    /// millions of bins).
+    fn drain_into(&mut self, h: &mut HistAcc) {
         self.flush();
-        std::mem::replace(&mut self.wide, vec![0; self.stride])
+        let bins = self.stride - 4;
+        h.counts.resize(bins, 0);
+        for (a, w) in h.counts.iter_mut().zip(&self.wide[..bins]) {
+            *a += *w;
+        }
+        h.below += self.wide[bins];
+        h.above += self.wide[bins + 1];
+        h.nan += self.wide[bins + 2];
+        self.wide.fill(0);
     }
 }
 
@@ -466,13 +491,12 @@ impl Scratch {
             codes: Vec::new(),
             order: Vec::new(),
             gbuf: Vec::new(),
-            lanes: Vec::new(),
-            infs: Vec::new(),
             sel: Vec::new(),
             keys: Vec::new(),
             slots: Vec::new(),
             key_table: Vec::new(),
             key_map: KeyMap::new(),
+            unit_groups: UnitGroups::default(),
             fbuf: Vec::new(),
             dbuf: Vec::new(),
             hbuf: Vec::new(),
@@ -793,9 +817,13 @@ fn gather_sized<const SIZE: usize>(src: &[u8], stride: usize, rows: impl Iterato
 /// Blocks one task runs: up to `GROUP_BLOCKS` when statistics read columns in place (a
 /// task reads each such column's rows of all its blocks in one stretch: 5-8 % faster
 /// statistics over eight columns than block after block, where every block switches
-/// between eight streams), else 2; fewer when the tile is small, so that every thread gets
-/// several tasks. Only the scheduling: every block still has its own partial.
+/// between eight streams), else 2, and 1 for units of several blocks (a tile may hold only
+/// two of them); fewer when the tile is small, so that every thread gets several tasks.
+/// Only the scheduling: every unit still has its own partial.
 fn group_blocks(prep: &Prepared, nblocks: usize, threads: usize) -> usize {
+    if prep.unit > prep.block {
+        return 1;
+    }
     if !prep.direct.contains(&true) {
         return 2;
     }
@@ -871,12 +899,16 @@ fn run_group_impl(
     outs: &mut [Vec<&mut [u8]>],
 ) -> Vec<Result<BlockPartial>> {
     let unit = prep.unit as usize;
-    // Block j: its first row and its rows.
+    // Unit j: its first row and its rows.
     let block = |j: usize| (r0 + (j * unit) as u64, (rows - j * unit).min(unit));
     let mut parts = Vec::with_capacity(outs.len());
     for (j, o) in outs.iter_mut().enumerate() {
         let (b0, n) = block(j);
-        parts.push(run_block_impl(level, prep, ds, b0, n, s, o));
+        parts.push(if prep.prog.key.is_some() {
+            run_groups_unit(level, prep, ds, b0, n, s)
+        } else {
+            run_block_impl(level, prep, ds, b0, n, s, o)
+        });
     }
     let finite = prep.prog.finite_range;
     for (k, src) in prep.prog.stats.iter().enumerate() {
@@ -898,8 +930,24 @@ fn run_group_impl(
     parts
 }
 
+/// A group-by's unit of `n` rows from row `r0`, `prep.block` rows at a time: the blocks'
+/// groups joined into one partial (`UnitGroups`).
+#[inline(always)]
+fn run_groups_unit(level: Level, prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scratch) -> Result<BlockPartial> {
+    let block = prep.block as usize;
+    let mut part = BlockPartial::default();
+    s.unit_groups.start();
+    for b in (0..n).step_by(block) {
+        // A group-by writes no output columns.
+        let p = run_block_impl(level, prep, ds, r0 + b as u64, block.min(n - b), s, &mut [])?;
+        part.selected += p.selected;
+    }
+    part.groups = s.unit_groups.take();
+    Ok(part)
+}
+
 /// One block of `n` rows from row `r0`: everything but the in-place statistics (left at
-/// their defaults for `run_group_impl`).
+/// their defaults for `run_group_impl`); a group-by's groups go to `Scratch::unit_groups`.
 #[inline(always)]
 fn run_block_impl(
     level: Level,
@@ -911,7 +959,7 @@ fn run_block_impl(
     outs: &mut [&mut [u8]],
 ) -> Result<BlockPartial> {
     let prog = &prep.prog;
-    let Scratch { gather, conv, regs, hists, codes, order, gbuf, lanes, infs, sel, keys, slots, key_table, key_map, fbuf, dbuf, hbuf } = s;
+    let Scratch { gather, conv, regs, hists, codes, order, gbuf, sel, keys, slots, key_table, key_map, unit_groups, fbuf, dbuf, hbuf } = s;
     // A loop, not a closure: a closure is a function of its own, compiled without this
     // function's target features (the f16/bf16 conversions would not vectorize).
     gather_block(prep, ds, r0, n, gather);
@@ -945,8 +993,8 @@ fn run_block_impl(
     };
 
     if let Some(key_slot) = prog.key {
-        let bufs = GroupBufs { lanes, infs, keys, slots, table: key_table, map: key_map, order, gbuf };
-        part.groups = group_block(views[key_slot], mask, prog.stats.iter().map(source_view), bufs, level)?;
+        let bufs = GroupBufs { keys, slots, table: key_table, map: key_map, order, gbuf, unit: unit_groups };
+        group_block(views[key_slot], mask, prog.stats.iter().map(source_view), bufs, level)?;
     } else if selected == 0 {
         // What every kernel returns for a block the filter drops whole.
         part.stats = vec![BlockStats::default(); prog.stats.len()];
@@ -1664,28 +1712,137 @@ fn hist_any<T: Elem>(x: &[T], mask: Option<&[u8]>, h: &HistSpec, acc: &mut HistC
 
 /// Per-thread buffers of the group-by kernel.
 struct GroupBufs<'s> {
-    lanes: &'s mut Vec<GroupLanes>,
-    infs: &'s mut Vec<u64>,
     keys: &'s mut Vec<i128>,
     slots: &'s mut Vec<u32>,
     table: &'s mut Vec<u32>,
     map: &'s mut KeyMap,
     order: &'s mut Vec<u32>,
     gbuf: &'s mut Vec<f32>,
+    unit: &'s mut UnitGroups,
 }
 
-/// Per-group statistics of one block. An 8-bit key is its own slot (+128 for i8: 256
-/// slots, the empty ones dropped at the end); wider keys map to dense slots in first-seen
-/// order, and more than `MAX_GROUPS` of them is the query's error.
+/// The groups of a unit as its blocks add them, by slot (slots are numbered for the whole
+/// unit: the key table or map is reset only when a unit starts). f32 columns accumulate row
+/// by row in `f32` (where the CPU has AVX2), so a unit's sums are the same bits as if it
+/// were one block; other columns add each block's partial (`BlockStats::append`).
+#[derive(Default)]
+struct UnitGroups {
+    /// Per slot: the key and the selected rows so far.
+    groups: Vec<(i128, u64)>,
+    /// Per source: whether it is an f32 column the row-wise kernels take.
+    row_wise: Vec<bool>,
+    /// The row-wise kernels' accumulators.
+    f32: F32Groups,
+    /// Per slot, the statistics of the sources the row-wise kernels do not take, in source
+    /// order: `others` entries from `slot * others`.
+    stats: Vec<BlockStats>,
+    others: usize,
+    /// No block of the unit has run yet.
+    starting: bool,
+}
+
+impl UnitGroups {
+    /// Empty, for a new unit, whose first block resets the key slots (`group_block`).
+    fn start(&mut self) {
+        self.clear();
+        self.starting = true;
+    }
+
+    /// Empty.
+    fn clear(&mut self) {
+        self.groups.clear();
+        self.row_wise.clear();
+        self.f32.clear();
+        self.stats.clear();
+        self.others = 0;
+    }
+
+    /// Counts a block's selected rows per slot (`rows`, as many as the unit's slots so far).
+    fn add_rows(&mut self, rows: &[u64], key_of: impl Fn(usize) -> i128) {
+        let known = self.groups.len();
+        self.groups.extend((known..rows.len()).map(|j| (key_of(j), 0)));
+        for (grp, &r) in self.groups.iter_mut().zip(rows) {
+            grp.1 += r;
+        }
+    }
+
+    /// Adds a block's statistics of the sources the row-wise kernels do not take: `acc[j]`
+    /// of slot j, the block's `k`-th such source.
+    fn add_stats(&mut self, k: usize, acc: &[BlockStats], rows: &[u64]) {
+        let g = rows.len();
+        if self.stats.len() < g * self.others {
+            self.stats.resize(g * self.others, BlockStats::default());
+        }
+        for (j, b) in acc.iter().enumerate().filter(|&(j, _)| rows[j] > 0) {
+            self.stats[j * self.others + k].append(b);
+        }
+    }
+
+    /// The unit's groups that saw rows, in slot order, with their statistics per source.
+    fn take(&mut self) -> GroupPartials {
+        let mut out = GroupPartials::default();
+        for (j, &(key, rows)) in self.groups.iter().enumerate().filter(|(_, g)| g.1 > 0) {
+            let (mut f, mut o) = (0, 0);
+            let stats = self.row_wise.iter().map(|&rw| {
+                if rw {
+                    f += 1;
+                    self.f32.stats(f - 1, j, rows)
+                } else {
+                    o += 1;
+                    self.stats[j * self.others + o - 1]
+                }
+            });
+            out.push(key, rows, stats);
+        }
+        self.clear();
+        out
+    }
+}
+
+/// A unit's row-wise accumulators of f32 columns: per run of `GW` columns, each slot's
+/// lanes (and `SPARES` after them for unselected rows), and each slot's ±inf counts.
+#[derive(Default)]
+struct F32Groups {
+    lanes: Vec<Vec<GroupLanes>>,
+    /// `cols` counts from `slot * cols`.
+    infs: Vec<u64>,
+    cols: usize,
+    /// Slots accumulated so far.
+    g: usize,
+}
+
+impl F32Groups {
+    fn clear(&mut self) {
+        self.lanes.clear();
+        self.infs.clear();
+        self.g = 0;
+    }
+
+    /// Column c's statistics of slot j, which has `rows` selected rows.
+    fn stats(&self, c: usize, j: usize, rows: u64) -> BlockStats {
+        let (a, k) = (&self.lanes[c / GW][j], c % GW);
+        BlockStats {
+            count: rows - a.nan[k] as u64,
+            nan: a.nan[k] as u64,
+            inf: self.infs[j * self.cols + c],
+            pivot: a.pivot[k],
+            sum_d: a.s[k],
+            sum_d2: a.s2[k],
+            min: a.mn[k] as f64,
+            max: a.mx[k] as f64,
+            ..BlockStats::default()
+        }
+    }
+}
+
+/// Per-group statistics of one block, added to its unit's (`bufs.unit`, which says whether
+/// the block starts the unit). An 8-bit key is its own slot (+128 for i8: 256 slots, the empty ones
+/// dropped); wider keys map to dense slots in first-seen order within the unit, and more
+/// than `MAX_GROUPS` of them is the query's error.
 #[inline(always)]
-fn group_block<'a>(
-    key: View,
-    mask: Option<&[u8]>,
-    sources: impl Iterator<Item = View<'a>>,
-    bufs: GroupBufs,
-    level: Level,
-) -> Result<Vec<(i128, u64, Vec<BlockStats>)>> {
-    let GroupBufs { lanes, infs, keys, slots, table, map, order, gbuf } = bufs;
+fn group_block<'a>(key: View, mask: Option<&[u8]>, sources: impl Iterator<Item = View<'a>>, bufs: GroupBufs, level: Level) -> Result<()> {
+    let GroupBufs { keys, slots, table, map, order, gbuf, unit } = bufs;
+    let first = std::mem::take(&mut unit.starting);
     let n = on_view!(key, x => x.len());
     let sources: Vec<View> = sources.collect();
     let f32_cols: Vec<&[f32]> = sources.iter().filter_map(|v| if let View::F32(x) = *v { Some(x) } else { None }).collect();
@@ -1693,7 +1850,17 @@ fn group_block<'a>(
     // (`Slots::Key8`) rather than for the whole block: the benchmark's 64-key group-by of
     // eight columns went from 19.2-19.6 to 20.6-20.8 GB/s.
     let in_runs = level != Level::Base && f32_cols.len() == sources.len();
-    keys.clear();
+    if first {
+        // The last unit's 16-bit keys leave the table (it is all zeros between units).
+        if !table.is_empty() {
+            for &kv in keys.iter() {
+                table[(kv + KEY_OFFSET as i128) as usize] = 0;
+            }
+        }
+        keys.clear();
+        map.next_unit();
+        unit.clear();
+    }
     // 8-bit keys: `(offset, g)`, slot j holding key j - offset, and `g` slots (one past the
     // largest key's, unselected rows included).
     let direct: Option<(i64, usize)>;
@@ -1723,9 +1890,6 @@ fn group_block<'a>(
                         table.resize(65536 + 32768, 0);
                     }
                     on_view!(key, x => narrow_slots(x, mask, table, keys, slots));
-                    for &kv in keys.iter() {
-                        table[(kv + KEY_OFFSET as i128) as usize] = 0;
-                    }
                     None
                 }
                 _ => {
@@ -1736,15 +1900,21 @@ fn group_block<'a>(
             Slots::All(slots)
         }
     };
-    let g = direct.map_or(keys.len(), |(_, g)| g);
+    // The unit's slots so far (an 8-bit key's block may end below an earlier block's).
+    let g = direct.map_or(keys.len(), |(_, g)| g).max(unit.groups.len());
     let rows = slot_src.rows(g);
-    // f32 columns: row by row into per-group accumulators when the groups are few enough
-    // for those to stay in cache, else gathered into group order (below).
-    let mut row_wise = if level != Level::Base && g <= ROW_GROUPS_MAX {
-        group_rows_f32(level, &f32_cols, &mut slot_src, &rows, g, lanes, infs).into_iter()
-    } else {
-        Vec::new().into_iter()
-    };
+    let key_of = |j: usize| direct.map_or_else(|| keys[j], |(offset, _)| j as i128 - offset as i128);
+    unit.add_rows(&rows, key_of);
+    // f32 columns: row by row into the unit's per-group accumulators, where the CPU has
+    // AVX2 (else gathered into group order, below).
+    let row_wise = level != Level::Base;
+    if first {
+        unit.row_wise = sources.iter().map(|v| row_wise && matches!(v, View::F32(_))).collect();
+        unit.others = unit.row_wise.iter().filter(|&&rw| !rw).count();
+    }
+    if row_wise {
+        group_rows_f32(level, &f32_cols, &mut slot_src, &rows, g, &mut unit.f32);
+    }
     // The slots as a whole, for the sources below that the row-wise kernels did not take:
     // none when the slots were made run by run (every source was theirs, and 8-bit keys
     // have at most 256 groups).
@@ -1754,10 +1924,10 @@ fn group_block<'a>(
     };
     // Row indices sorted by group for the gather path, made when first needed.
     let mut start = Vec::new();
-    let mut per_source: Vec<Vec<BlockStats>> = Vec::new();
+    let mut others = 0;
     for src in sources {
         let acc = match src {
-            View::F32(_) if row_wise.len() > 0 => row_wise.next().expect("one result per f32 column"),
+            View::F32(_) if row_wise => continue,
             View::F32(x) => {
                 if start.is_empty() {
                     group_order(slots, &rows, &mut start, order);
@@ -1784,10 +1954,10 @@ fn group_block<'a>(
                 acc
             }
         };
-        per_source.push(acc);
+        unit.add_stats(others, &acc, &rows);
+        others += 1;
     }
-    let key_of = |j: usize| direct.map_or_else(|| keys[j], |(offset, _)| j as i128 - offset as i128);
-    Ok((0..g).filter(|&j| rows[j] > 0).map(|j| (key_of(j), rows[j], per_source.iter().map(|acc| acc[j]).collect())).collect())
+    Ok(())
 }
 
 /// Slots of 8-bit keys: the key + `offset` (in 0..256), `u32::MAX` for an unselected row.
@@ -1847,7 +2017,6 @@ fn narrow_slots<T: Elem>(x: &[T], mask: Option<&[u8]>, table: &mut [u32], keys: 
 /// Slots of 32/64-bit keys in first-seen order (`keys` gets each new key), `u32::MAX`
 /// where the mask drops the row; more than `MAX_GROUPS` keys is the query's error.
 fn wide_slots<T: Elem>(x: &[T], mask: Option<&[u8]>, map: &mut KeyMap, keys: &mut Vec<i128>, slots: &mut [u32]) -> Result<()> {
-    map.next_block();
     for (i, s) in slots[..x.len()].iter_mut().enumerate() {
         *s = if mask.is_some_and(|m| m[i] == 0) { u32::MAX } else { map.slot(x[i].i128(), keys)? };
     }
@@ -1996,37 +2165,36 @@ fn group_order(slots: &[u32], rows: &[u64], start: &mut Vec<usize>, order: &mut 
     }
 }
 
-/// Most groups in a block for the row-wise kernel (its accumulators, 320 bytes per group,
-/// stay in the L2 cache).
-const ROW_GROUPS_MAX: usize = 4096;
-
-/// Per-group statistics of f32 columns (result `[column][group]`), `GW` columns at a time
-/// by the row-wise kernel (AVX-512 or AVX2; a pass of four columns or fewer by the AVX2
-/// four-lane one, which stores half the accumulator bytes per row: 12-14 % faster group-bys
-/// of 1-4 columns, measured), so every group's sums run in row order (as the CUDA
-/// kernel's). `slots` gives each row's group (`u32::MAX` for an unselected row); `rows[j]`
-/// is the number of selected rows of group j.
+/// Adds a block's f32 columns to their groups' accumulators `acc` (per slot, kept across
+/// the blocks of a unit: the block's `g` slots include the unit's earlier ones), `GW`
+/// columns at a time by the row-wise kernel (AVX-512 or AVX2; a pass of four columns or
+/// fewer by the AVX2 four-lane one, which stores half the accumulator bytes per row: 12-14 %
+/// faster group-bys of 1-4 columns, measured), so every group's sums run in row order (as
+/// the CUDA kernel's), and a unit's are the same bits however it is split into blocks.
+/// `slots` gives each row's group (`u32::MAX` for an unselected row); `rows[j]` is the
+/// number of the block's selected rows of group j.
 #[inline(always)]
-fn group_rows_f32(
-    level: Level,
-    cols: &[&[f32]],
-    slots: &mut Slots,
-    rows: &[u64],
-    g: usize,
-    lanes: &mut Vec<GroupLanes>,
-    infs: &mut Vec<u64>,
-) -> Vec<Vec<BlockStats>> {
+fn group_rows_f32(level: Level, cols: &[&[f32]], slots: &mut Slots, rows: &[u64], g: usize, acc: &mut F32Groups) {
     assert!(level != Level::Base, "the row-wise group kernel needs AVX2 or AVX-512");
+    assert!(g >= acc.g && rows.len() == g, "group_rows_f32: a unit's slots only grow");
     let n = slots.len();
-    let present = rows.iter().filter(|&&r| r > 0).count();
     // Under 10 % of rows selected: the kernels skip steps with none selected.
     let sparse = rows.iter().sum::<u64>() * 10 < n as u64;
-    let mut out = Vec::with_capacity(cols.len());
-    for chunk in cols.chunks(GW) {
-        // Spare accumulators after the g groups take the unselected rows.
-        lanes.clear();
+    acc.cols = cols.len();
+    acc.lanes.resize_with(cols.len().div_ceil(GW), Vec::new);
+    acc.infs.resize(g * cols.len(), 0);
+    for (chunk, lanes) in cols.chunks(GW).zip(acc.lanes.iter_mut()) {
+        // New slots start empty, and so do the spares after them, which take the unselected
+        // rows (the old spares become slots).
+        lanes.truncate(acc.g);
         lanes.resize(g + cpu_simd::SPARES, GroupLanes::EMPTY);
-        with_slot_of!(&*slots, slot_of => cpu_simd::group_pivots(chunk, n, slot_of, g, present, lanes));
+        // Pivots still missing among the block's groups.
+        let all = ((1u16 << chunk.len()) - 1) as u8;
+        let missing: usize =
+            (lanes.iter().zip(rows)).filter(|&(_, &r)| r > 0).map(|(a, _)| (all & !a.has_pivot).count_ones() as usize).sum();
+        if missing > 0 {
+            with_slot_of!(&*slots, slot_of => cpu_simd::group_pivots(chunk, n, slot_of, g, missing, lanes));
+        }
         slots.each_run(|start, s| {
             let run = run_of(chunk, start, s.len());
             let run = &run[..chunk.len()];
@@ -2044,38 +2212,22 @@ fn group_rows_f32(
             #[cfg(not(target_arch = "x86_64"))]
             unreachable!("the row-wise group kernel runs only on x86-64");
         });
-        for (c, col) in chunk.iter().enumerate() {
-            // ±inf make a sum of squares infinite (finite f32 values cannot), so infinities
-            // are counted only for columns that have them.
-            let has_inf = lanes[..g].iter().any(|a| !a.s2[c].is_finite());
-            infs.clear();
-            infs.resize(g + cpu_simd::SPARES, 0);
-            if has_inf {
-                with_slot_of!(&*slots, slot_of => for (i, &x) in col[..n].iter().enumerate() {
-                    infs[cpu_simd::lane_of(slot_of(i), g, i)] += x.is_infinite() as u64;
-                });
-            }
-            out.push(
-                (0..g)
-                    .map(|j| {
-                        let a = &lanes[j];
-                        BlockStats {
-                            count: rows[j] - a.nan[c] as u64,
-                            nan: a.nan[c] as u64,
-                            inf: infs[j],
-                            pivot: a.pivot[c],
-                            sum_d: a.s[c],
-                            sum_d2: a.s2[c],
-                            min: a.mn[c] as f64,
-                            max: a.mx[c] as f64,
-                            ..BlockStats::default()
-                        }
-                    })
-                    .collect(),
-            );
+    }
+    for (c, col) in cols.iter().enumerate() {
+        // ±inf make a sum of squares infinite (finite f32 values cannot), so infinities are
+        // counted only for columns that have them (in this unit so far).
+        let (lanes, k) = (&acc.lanes[c / GW], c % GW);
+        if lanes[..g].iter().any(|a| !a.s2[k].is_finite()) {
+            let (infs, w) = (&mut acc.infs, cols.len());
+            with_slot_of!(&*slots, slot_of => for (i, &x) in col[..n].iter().enumerate() {
+                let slot = slot_of(i) as usize;
+                if slot < g && x.is_infinite() {
+                    infs[slot * w + c] += 1;
+                }
+            });
         }
     }
-    out
+    acc.g = g;
 }
 
 #[inline(always)]

@@ -190,7 +190,7 @@ fn avx512_and_avx2_group_kernels_match_a_row_order_f64_reference_exactly() {
         return;
     }
     let mut rng = Rng::new(test_seed());
-    let (mut lanes, mut infs, mut buf) = (Vec::new(), Vec::new(), Vec::new());
+    let mut buf = Vec::new();
     // Past KEY8_CHUNK too: 8-bit keys make their slots run by run.
     for &n in SIZES.iter().chain(&[KEY8_CHUNK + 1, 2 * KEY8_CHUNK + 17, 3 * KEY8_CHUNK]) {
         // 1-4 columns take the four-lane kernel, 5-8 an eight-lane one.
@@ -217,26 +217,36 @@ fn avx512_and_avx2_group_kernels_match_a_row_order_f64_reference_exactly() {
             let mask = (unselected > 0.0).then_some(&mask[..]);
             let mut key8 = Slots::Key8 { bytes: &bytes, flip, mask, buf: &mut buf };
             assert_eq!(key8.rows(g), rows, "n={n} g={g}: rows per group from 8-bit keys");
-            for (level, key8) in levels.iter().flat_map(|&l| [(l, false), (l, true)]) {
-                let got = if key8 {
-                    group_rows_f32(
-                        level,
-                        &views,
-                        &mut Slots::Key8 { bytes: &bytes, flip, mask, buf: &mut buf },
-                        &rows,
-                        g,
-                        &mut lanes,
-                        &mut infs,
-                    )
-                } else {
-                    group_rows_f32(level, &views, &mut Slots::All(&slots), &rows, g, &mut lanes, &mut infs)
-                };
-                for (c, (gc, wc)) in got.iter().zip(&want).enumerate() {
-                    for (j, (a, b)) in gc.iter().zip(wc).enumerate() {
+            // A unit's rows in two blocks, the first with fewer slots (the unit's slots
+            // grow): the accumulators carry over, so the bits are those of one block.
+            let cut = n / 3;
+            let g1 = slots[..cut].iter().filter(|&&s| s != u32::MAX).map(|&s| s as usize + 1).max().unwrap_or(0);
+            let rows_of =
+                |part: &[u32], g: usize| (0..g).map(|j| part.iter().filter(|&&s| s as usize == j).count() as u64).collect::<Vec<u64>>();
+            let part = |from: usize, to: usize| views.iter().map(|c| &c[from..to]).collect::<Vec<&[f32]>>();
+            for (level, how) in levels.iter().flat_map(|&l| [(l, "slots"), (l, "key8"), (l, "split")]) {
+                let mut acc = F32Groups::default();
+                match how {
+                    "key8" => {
+                        group_rows_f32(level, &views, &mut Slots::Key8 { bytes: &bytes, flip, mask, buf: &mut buf }, &rows, g, &mut acc)
+                    }
+                    "split" => {
+                        group_rows_f32(level, &part(0, cut), &mut Slots::All(&slots[..cut]), &rows_of(&slots[..cut], g1), g1, &mut acc);
+                        group_rows_f32(level, &part(cut, n), &mut Slots::All(&slots[cut..]), &rows_of(&slots[cut..], g), g, &mut acc);
+                    }
+                    _ => group_rows_f32(level, &views, &mut Slots::All(&slots), &rows, g, &mut acc),
+                }
+                for (c, wc) in want.iter().enumerate() {
+                    for (j, b) in wc.iter().enumerate() {
+                        let a = &acc.stats(c, j, rows[j]);
                         let what = format!(
                             "{}{} n={n} cols={ncols} g={g} col {c} group {j}",
                             if level == Level::Avx2 { "avx2" } else { "avx512" },
-                            if key8 { format!(", slots from 8-bit keys (flip {flip:#x}, mask {})", mask.is_some()) } else { String::new() }
+                            match how {
+                                "key8" => format!(", slots from 8-bit keys (flip {flip:#x}, mask {})", mask.is_some()),
+                                "split" => format!(", two blocks of {cut} and {} rows, {g1} and {g} slots", n - cut),
+                                _ => String::new(),
+                            }
                         );
                         assert_eq!((a.count, a.nan, a.inf), (b.count, b.nan, b.inf), "{what}: counts");
                         for (x, y, f) in [
@@ -463,7 +473,7 @@ fn avx512_histogram_counts_equal_the_portable_ones() {
 }
 
 /// Histogram counters are u32: before any could pass u32::MAX they are added into u64
-/// totals, which `take` returns whole.
+/// totals, which `drain_into` adds to a histogram whole.
 #[test]
 fn histogram_counts_flush_before_a_u32_could_overflow() {
     let mut h = HistCounts::new(4);
@@ -477,9 +487,18 @@ fn histogram_counts_flush_before_a_u32_could_overflow() {
     h.reserve(10);
     assert_eq!((h.copies[1], h.copies[8 + 1], h.pending), (0, 0, 10), "flushed before the counters could overflow");
     h.copies[1] = 10;
-    let totals = h.take();
-    assert_eq!(totals, vec![0, near as u64 + 10, 0, 0, 0, 0, 0, 0]);
-    assert_eq!((h.take(), h.pending), (vec![0; 8], 0), "take starts again from zero");
+    // Below, above, NaN (in two copies) and unselected (not reported).
+    (h.copies[4], h.copies[8 + 5], h.copies[6], h.copies[8 + 6], h.copies[7]) = (2, 3, 1, 4, 9);
+    let mut acc = HistAcc { counts: vec![1, 2, 3, 4], below: 10, above: 20, nan: 30 };
+    h.drain_into(&mut acc);
+    let want = HistAcc { counts: vec![1, near as u64 + 12, 3, 4], below: 12, above: 23, nan: 35 };
+    assert_eq!((&acc.counts, acc.below, acc.above, acc.nan), (&want.counts, want.below, want.above, want.nan), "totals added");
+    h.drain_into(&mut acc);
+    assert_eq!(
+        (&acc.counts, acc.below, acc.above, acc.nan, h.pending),
+        (&want.counts, 12, 23, 35, 0),
+        "drained counters start again from zero"
+    );
 }
 
 /// A block whose rows the filter all drops: every statistics kernel, at every level this

@@ -133,16 +133,17 @@ unsafe fn update<const NAN: bool>(a: &mut GroupLanes, v: __m256) {
     }
 }
 
-/// Sets each group's pivot per column: its first finite value in row order (0 when it has
-/// none). The sums then shift by it from the first row on: the rows before it hold only
-/// NaN (skipped) or ±inf, whose shifted sums do not depend on the pivot. `present`: the
-/// groups (of g) with a row, so that the scan stops once all of them have their pivots.
+/// Sets each group's missing pivots per column: its first finite value in row order (0
+/// when it has none; a group keeps a pivot it has, from an earlier block of its unit). The
+/// sums then shift by it from the first row on: the rows before it hold only NaN (skipped)
+/// or ±inf, whose shifted sums do not depend on the pivot. `missing`: the pivots the
+/// block's groups (of g) lack, so that the scan stops once they are all found.
 /// `slot_of(i)`: row i's slot (`u32::MAX` unselected), for rows `[0, n)`.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[inline(always)]
-pub(crate) fn group_pivots(cols: &[&[f32]], n: usize, slot_of: impl Fn(usize) -> u32, g: usize, present: usize, lanes: &mut [GroupLanes]) {
+pub(crate) fn group_pivots(cols: &[&[f32]], n: usize, slot_of: impl Fn(usize) -> u32, g: usize, missing: usize, lanes: &mut [GroupLanes]) {
     let all = ((1u16 << cols.len()) - 1) as u8;
-    let mut missing = present * cols.len();
+    let mut missing = missing;
     for i in 0..n {
         let slot = slot_of(i);
         let Some(a) = lanes.get_mut(slot as usize).filter(|_| (slot as usize) < g) else { continue };

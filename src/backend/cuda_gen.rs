@@ -681,7 +681,7 @@ pub(crate) fn decode(k: &Kernel, blocks: usize, part: &[u64], hist: &[u64], hist
         let stats = k.stat_domains.iter().enumerate().map(|(i, &dom)| block_stats(dom, &w[1 + STAT_WORDS * i..][..STAT_WORDS])).collect();
         let out_counts =
             (0..(pw - 1 - STAT_WORDS * s) / 2).map(|i| (w[1 + STAT_WORDS * s + 2 * i], w[2 + STAT_WORDS * s + 2 * i])).collect();
-        res.blocks.push(BlockPartial { selected: w[0], stats, groups: Vec::new(), out_counts });
+        res.blocks.push(BlockPartial { selected: w[0], stats, groups: Default::default(), out_counts });
     }
     for (off, &bins) in k.hist_offsets.iter().zip(hist_bins) {
         let c = &hist[*off as usize..][..bins as usize + 3];
@@ -711,9 +711,8 @@ pub(crate) fn decode_groups(k: &Kernel, units: usize, part: &[u64]) -> TileResul
                     continue;
                 }
                 bp.selected += w[0];
-                let stats =
-                    k.stat_domains.iter().enumerate().map(|(i, &dom)| block_stats(dom, &w[1 + STAT_WORDS * i..][..STAT_WORDS])).collect();
-                bp.groups.push((keys.key(sweep * threads + t), w[0], stats));
+                let stats = k.stat_domains.iter().enumerate().map(|(i, &dom)| block_stats(dom, &w[1 + STAT_WORDS * i..][..STAT_WORDS]));
+                bp.groups.push(keys.key(sweep * threads + t), w[0], stats);
             }
         }
         res.blocks.push(bp);

@@ -179,10 +179,11 @@ fn wgpu_named(name: &str, _index: Option<&str>) -> Result<Device> {
 
 /// Dense slots of integer keys in first-seen order: an open-addressing table of the keys'
 /// 64-bit patterns with Fibonacci hashing (every key in -2^63 ..= 2^64 - 1 has its own),
-/// kept by a CPU thread from block to block, and the GPU group-bys' host pass over a key
+/// kept by a CPU thread from unit to unit, the driver's merge of the groups' partials
+/// (`exec::run`), and the GPU group-bys' host pass over a key
 /// column (`group_keys`). Runs of one key (sorted or clustered keys) skip the table. Each
-/// entry carries the generation of the block that wrote it, so that a block starts with an
-/// empty table without clearing it (`next_block`). Several times faster than a `HashMap`
+/// entry carries the generation of the unit that wrote it, so that a unit starts with an
+/// empty table without clearing it (`next_unit`). Several times faster than a `HashMap`
 /// (SipHash) per row: a group-by of 20M rows by 1,000 i32 or i64 ids went from 0.53 to 0.13 s.
 pub(crate) struct KeyMap {
     /// (key bits, generation, slot) per entry; a power-of-two count, at most a quarter full
@@ -199,8 +200,8 @@ impl KeyMap {
         KeyMap { entries: vec![(0, 0, 0); 1024], generation: 1, last: None }
     }
 
-    /// Empties the table for the next block.
-    pub(crate) fn next_block(&mut self) {
+    /// Empties the table for the next unit of rows.
+    pub(crate) fn next_unit(&mut self) {
         self.last = None;
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
@@ -423,10 +424,41 @@ pub(crate) struct BlockPartial {
     pub selected: u64,
     /// One per stats aggregate (ungrouped).
     pub stats: Vec<BlockStats>,
-    /// Per group key seen in this block, in first-seen order.
-    pub groups: Vec<(i128, u64, Vec<BlockStats>)>,
+    /// Per group key that saw rows in this block.
+    pub groups: GroupPartials,
     /// Per output column: (NaN count, overflow count) of the rows written.
     pub out_counts: Vec<(u64, u64)>,
+}
+
+/// The per-group partials of one block: for each key that saw rows, its rows and one
+/// [`BlockStats`] per statistic, held flat (a block of a 65,536-key group-by has as many
+/// groups: one allocation each made a CPU group-by of 60,000 keys spend a sixth of its
+/// time in the allocator).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct GroupPartials {
+    keys: Vec<(i128, u64)>,
+    /// `per_group` entries from `j * per_group` for group j.
+    stats: Vec<BlockStats>,
+    per_group: usize,
+}
+
+impl GroupPartials {
+    /// Adds group `key` with its selected rows and statistics (as many for every group).
+    pub(crate) fn push(&mut self, key: i128, rows: u64, stats: impl IntoIterator<Item = BlockStats>) {
+        let before = self.stats.len();
+        self.stats.extend(stats);
+        if self.keys.is_empty() {
+            self.per_group = self.stats.len() - before;
+        }
+        debug_assert_eq!(self.stats.len() - before, self.per_group, "every group has the same statistics");
+        self.keys.push((key, rows));
+    }
+
+    /// (key, selected rows, statistics) per group, in the order pushed.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (i128, u64, &[BlockStats])> {
+        let w = self.per_group;
+        self.keys.iter().enumerate().map(move |(j, &(key, rows))| (key, rows, &self.stats[j * w..(j + 1) * w]))
+    }
 }
 
 /// Output buffers of one tile: per output column, room for every row of the tile; the

@@ -567,7 +567,7 @@ fn decode_groups(k: &Kernel, keys: &KeySlots, units: u64, part: &[u32]) -> Resul
                 let (c, rest) = w[at..at + (STAT_COUNTERS + STAT_WORDS) as usize].split_at(STAT_COUNTERS as usize);
                 stats.push(block_stats(dom, c, rest)?);
             }
-            bp.groups.push((keys.key(sweep * slots + slot), w[0] as u64, stats));
+            bp.groups.push(keys.key(sweep * slots + slot), w[0] as u64, stats);
         }
         res.blocks.push(bp);
     }
