@@ -93,14 +93,17 @@ pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64, unit: u6
             1 => 256,
             _ => MAX_GROUPS as u64,
         };
-        // Per group: its partial, and the task's working state (the CPU's row-wise lanes,
-        // 40 bytes per column, and ±inf counts) while the unit runs.
-        let per_group =
-            prog.stats.len().max(1) * (std::mem::size_of::<crate::accum::BlockStats>() + 48) + std::mem::size_of::<(i128, u64)>();
-        let worst = unit.min(keys) * per_group as u64;
+        let worst = unit.min(keys) * group_bytes(prog);
         units = units.min(budget / 2 / worst);
     }
     units.clamp(1, (1 << 20) / (unit / BLOCK_ROWS)) * unit
+}
+
+/// Bytes one group of a group-by holds per unit in flight: its partial, and the task's
+/// working state while the unit runs (the CPU's row-wise lanes, 40 bytes per column, and
+/// ±inf counts).
+pub(crate) fn group_bytes(prog: &FusedProgram) -> u64 {
+    (prog.stats.len().max(1) * (std::mem::size_of::<crate::accum::BlockStats>() + 48) + std::mem::size_of::<(i128, u64)>()) as u64
 }
 
 /// What the pager does with a range of rows of the program's input columns.
@@ -172,12 +175,13 @@ fn run_tiles<B: Backend>(
     // No buffer larger than the dataset needs.
     let mut tile = backend.tile_rows(prog, ds, opts.memory_budget).min(rows.div_ceil(unit).max(1) * unit);
     // A device short of memory gets smaller tiles, down to one unit, before it fails.
-    let prep = loop {
-        match backend.prepare(prog, ds, tile) {
-            Err(Error::DeviceOutOfMemory { .. }) if tile > unit => tile = (tile / 2 / unit).max(1) * unit,
-            r => break r?,
+    let prepare = |tile: &mut u64| loop {
+        match backend.prepare(prog, ds, *tile) {
+            Err(Error::DeviceOutOfMemory { .. }) if *tile > unit => *tile = (*tile / 2 / unit).max(1) * unit,
+            r => break r,
         }
     };
+    let mut prep = prepare(&mut tile)?;
     let mut out = PassOutput {
         stats: vec![StatsAcc::default(); prog.stats.len()],
         hists: prog.hists.iter().map(|h| HistAcc::new(h.bins)).collect(),
@@ -212,7 +216,17 @@ fn run_tiles<B: Backend>(
             if r1 < rows {
                 advise(Paging::ReadAhead, r1, (r1 + tile).min(rows));
             }
-            let ticket = backend.submit(&prep, ds, r0..r1, sink.is_some().then_some(&mut tile_out))?;
+            let ticket = match backend.submit(&prep, ds, r0..r1, sink.is_some().then_some(&mut tile_out)) {
+                // The tile's working memory ran short (on the CPU: a unit's groups outgrew
+                // their share of the budget, `backend::cpu::Prepared::group_allowance`): the
+                // same rows again in smaller tiles. Nothing of the tile was merged or written.
+                Err(Error::DeviceOutOfMemory { .. }) if pending.is_empty() && tile > unit => {
+                    tile = (tile / 2 / unit).max(1) * unit;
+                    prep = prepare(&mut tile)?;
+                    continue;
+                }
+                r => r?,
+            };
             // The tile's bytes have been read (computed, or copied to the device's staging).
             ds.check_faults()?;
             advise(Paging::Release, r0, r1);
@@ -270,6 +284,7 @@ fn run_tiles<B: Backend>(
         }
     }
     ds.check_unchanged()?;
+    out.tile_rows = tile;
     out.groups = group_keys.into_iter().zip(groups).collect();
     Ok(out)
 }

@@ -81,7 +81,8 @@ pub struct RunReport {
     pub passes: u32,
     /// Tiles run, over all passes.
     pub tiles: u64,
-    /// Rows per tile.
+    /// Rows per tile (of the last pass; less than it started with when the driver had to
+    /// shrink its tiles for memory).
     pub tile_rows: u64,
     /// Bytes of column data read, over all passes.
     pub bytes_read: u64,
@@ -254,7 +255,7 @@ pub(crate) fn run_pass(
     sink: Option<&mut TableWriter>,
 ) -> Result<PassOutput> {
     match device {
-        Device::Cpu => exec::run(&Cpu::new(opts.threads)?, prog, ds, opts, sink),
+        Device::Cpu => exec::run(&Cpu::new(opts.threads, opts.memory_budget)?, prog, ds, opts, sink),
         #[cfg(feature = "wgpu")]
         Device::Wgpu(i) => exec::run(&crate::backend::wgpu::Wgpu::new(*i)?, prog, ds, opts, sink),
         #[cfg(not(feature = "wgpu"))]

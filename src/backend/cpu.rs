@@ -66,11 +66,14 @@ fn level() -> Level {
 pub(crate) struct Cpu {
     pool: Option<rayon::ThreadPool>,
     level: Level,
+    /// The run's memory budget (`RunOptions::memory_budget`).
+    budget: u64,
 }
 
 impl Cpu {
-    /// A CPU backend on `threads` threads (all cores when `None`).
-    pub(crate) fn new(threads: Option<usize>) -> Result<Cpu> {
+    /// A CPU backend on `threads` threads (all cores when `None`) for runs under a memory
+    /// budget of `budget` bytes.
+    pub(crate) fn new(threads: Option<usize>, budget: u64) -> Result<Cpu> {
         let pool = match threads {
             None => None,
             Some(n) => Some(
@@ -80,7 +83,7 @@ impl Cpu {
                     .map_err(|e| Error::plan(format!("cannot start {n} threads: {e}")))?,
             ),
         };
-        Ok(Cpu { pool, level: level() })
+        Ok(Cpu { pool, level: level(), budget })
     }
 
     /// Threads the backend runs on.
@@ -122,6 +125,14 @@ fn block_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
 /// 60,000 groups made 4.6M group partials (nearly one per four rows) and took 8.5 s.
 const WIDE_KEY_UNIT_ROWS: u64 = 8 * CPU_GROUP_BLOCK_ROWS;
 
+/// Groups each of `units` units in flight may hold within half of `budget`.
+fn group_allowance(budget: u64, units: u64, prog: &FusedProgram) -> usize {
+    (budget / 2 / units.max(1) / crate::exec::group_bytes(prog)) as usize
+}
+
+/// The fewest groups per unit worth a tile of one unit per thread (`Cpu::tile_rows`).
+const MIN_GROUP_ALLOWANCE: usize = 256;
+
 /// Rows per partial of a program on the CPU: `WIDE_KEY_UNIT_ROWS` for a group-by by a key
 /// wider than 8 bits, else a block (`block_rows`).
 pub(crate) fn unit_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
@@ -140,6 +151,10 @@ pub(crate) struct Prepared {
     unit: u64,
     /// Rows the kernels take at a time: the unit, or a whole fraction of it.
     block: u64,
+    /// Most groups a unit may hold: a tile larger than the worst case allows (`tile_rows`)
+    /// gives each of its units an equal share of half the budget; a unit with more groups
+    /// fails with `DeviceOutOfMemory`, and the driver runs its rows again in smaller tiles.
+    group_allowance: usize,
     /// How each block gathers the columns it cannot read in place.
     gather: GatherPlan,
     /// Per statistics entry: read in place from the mapping (an input column stored
@@ -283,6 +298,19 @@ impl Backend for Cpu {
         unit_rows(prog, ds)
     }
 
+    /// The driver's tile, or one unit per thread for a group-by by a wide key whose
+    /// worst case (65,536 groups per unit) leaves fewer units to a tile than threads: each
+    /// unit may then hold a share of the budget's groups (`group_allowance`), and a unit
+    /// with more makes the driver run its rows again in smaller tiles. (With the worst
+    /// case, a group-by of eight columns ran on one thread under the default budget.)
+    fn tile_rows(&self, prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
+        let unit = unit_rows(prog, ds);
+        let safe = crate::exec::tile_rows(prog, ds, budget, unit);
+        let wide = unit == WIDE_KEY_UNIT_ROWS && prog.key.is_some();
+        let units = self.threads() as u64;
+        if wide && safe < units * unit && group_allowance(budget, units, prog) >= MIN_GROUP_ALLOWANCE { units * unit } else { safe }
+    }
+
     fn submit(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult> {
         self.run_tile(prep, ds, tile, out)
     }
@@ -291,7 +319,7 @@ impl Backend for Cpu {
         Ok(ticket)
     }
 
-    fn prepare(&self, prog: &FusedProgram, ds: &Dataset, _tile_rows: u64) -> Result<Prepared> {
+    fn prepare(&self, prog: &FusedProgram, ds: &Dataset, tile_rows: u64) -> Result<Prepared> {
         let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
         let steps = plan_steps(prog, &dtypes);
         let gather = GatherPlan::new(prog, ds, self.level);
@@ -326,6 +354,11 @@ impl Backend for Cpu {
             steps,
             unit: self.unit_rows(prog, ds),
             block: block_rows(prog, ds),
+            group_allowance: if tile_rows > crate::exec::tile_rows(prog, ds, self.budget, self.unit_rows(prog, ds)) {
+                group_allowance(self.budget, tile_rows.div_ceil(self.unit_rows(prog, ds)), prog)
+            } else {
+                usize::MAX
+            },
             gather,
             direct,
             direct_only,
@@ -994,7 +1027,7 @@ fn run_block_impl(
 
     if let Some(key_slot) = prog.key {
         let bufs = GroupBufs { keys, slots, table: key_table, map: key_map, order, gbuf, unit: unit_groups };
-        group_block(views[key_slot], mask, prog.stats.iter().map(source_view), bufs, level)?;
+        group_block(views[key_slot], mask, prog.stats.iter().map(source_view), bufs, prep.group_allowance, level)?;
     } else if selected == 0 {
         // What every kernel returns for a block the filter drops whole.
         part.stats = vec![BlockStats::default(); prog.stats.len()];
@@ -1840,7 +1873,14 @@ impl F32Groups {
 /// dropped); wider keys map to dense slots in first-seen order within the unit, and more
 /// than `MAX_GROUPS` of them is the query's error.
 #[inline(always)]
-fn group_block<'a>(key: View, mask: Option<&[u8]>, sources: impl Iterator<Item = View<'a>>, bufs: GroupBufs, level: Level) -> Result<()> {
+fn group_block<'a>(
+    key: View,
+    mask: Option<&[u8]>,
+    sources: impl Iterator<Item = View<'a>>,
+    bufs: GroupBufs,
+    allowance: usize,
+    level: Level,
+) -> Result<()> {
     let GroupBufs { keys, slots, table, map, order, gbuf, unit } = bufs;
     let first = std::mem::take(&mut unit.starting);
     let n = on_view!(key, x => x.len());
@@ -1902,6 +1942,12 @@ fn group_block<'a>(key: View, mask: Option<&[u8]>, sources: impl Iterator<Item =
     };
     // The unit's slots so far (an 8-bit key's block may end below an earlier block's).
     let g = direct.map_or(keys.len(), |(_, g)| g).max(unit.groups.len());
+    if g > allowance {
+        return Err(Error::DeviceOutOfMemory {
+            device: "cpu".into(),
+            message: format!("a unit's {g} groups outgrow its share of the memory budget ({allowance} groups)"),
+        });
+    }
     let rows = slot_src.rows(g);
     let key_of = |j: usize| direct.map_or_else(|| keys[j], |(offset, _)| j as i128 - offset as i128);
     unit.add_rows(&rows, key_of);

@@ -191,7 +191,7 @@ fn emulate(dir: &Path, prog: &FusedProgram, ds: &Dataset, keys: Option<KeySlots>
 fn cpu(prog: &FusedProgram, ds: &Dataset) -> (TileResult, Vec<Vec<u8>>) {
     // Partials compare one by one: these programs have expressions or fewer rows than a
     // unit, so the CPU's units are the GPU's (`compare` checks their number).
-    let cpu = Cpu::new(Some(1)).expect("cpu");
+    let cpu = Cpu::new(Some(1), 256 << 20).expect("cpu");
     let rows = ds.rows();
     let unit = cpu.unit_rows(prog, ds);
     let prep = cpu.prepare(prog, ds, rows.div_ceil(unit) * unit).expect("prepare");
