@@ -63,6 +63,19 @@ impl Default for BlockStats {
     }
 }
 
+/// Folds `$o`'s bounds (min/max, finite min/max, integer min/max) into `$a`'s: both are
+/// `BlockStats` or both `StatsAcc`, which hold them under the same names.
+macro_rules! merge_bounds {
+    ($a:expr, $o:expr) => {
+        $a.min = $a.min.min($o.min);
+        $a.max = $a.max.max($o.max);
+        $a.fmin = $a.fmin.min($o.fmin);
+        $a.fmax = $a.fmax.max($o.fmax);
+        $a.imin = $a.imin.min($o.imin);
+        $a.imax = $a.imax.max($o.imax);
+    };
+}
+
 impl BlockStats {
     /// Adds `o`, the partial of the rows that follow, keeping this partial's pivot p: o's
     /// sums about its pivot q re-centred, Σ(x - p) = Σ(x - q) + n(q - p) and Σ(x - p)² =
@@ -87,12 +100,7 @@ impl BlockStats {
         self.sum_d += o.sum_d + n * d;
         self.count += o.count;
         self.inf += o.inf;
-        self.min = self.min.min(o.min);
-        self.max = self.max.max(o.max);
-        self.fmin = self.fmin.min(o.fmin);
-        self.fmax = self.fmax.max(o.fmax);
-        self.imin = self.imin.min(o.imin);
-        self.imax = self.imax.max(o.imax);
+        merge_bounds!(self, o);
     }
 }
 
@@ -213,12 +221,7 @@ impl Accumulator for StatsAcc {
         self.inf += o.inf;
         neumaier(&mut self.sum, &mut self.sum_comp, o.sum);
         self.sum_comp += o.sum_comp;
-        self.min = self.min.min(o.min);
-        self.max = self.max.max(o.max);
-        self.fmin = self.fmin.min(o.fmin);
-        self.fmax = self.fmax.max(o.fmax);
-        self.imin = self.imin.min(o.imin);
-        self.imax = self.imax.max(o.imax);
+        merge_bounds!(self, o);
     }
 
     fn finish(&self) -> ColumnStats {

@@ -216,6 +216,9 @@ fn run_tiles<B: Backend>(
             if r1 < rows {
                 advise(Paging::ReadAhead, r1, (r1 + tile).min(rows));
             }
+            for &c in prog.inputs.iter().filter(|&&c| ds.columns()[c].dtype == crate::dtype::DType::Bool) {
+                ds.check_bools(c, r0, r1)?;
+            }
             let ticket = match backend.submit(&prep, ds, r0..r1, sink.is_some().then_some(&mut tile_out)) {
                 // The tile's working memory ran short (on the CPU: a unit's groups outgrew
                 // their share of the budget, `backend::cpu::Prepared::group_allowance`): the

@@ -8,7 +8,7 @@ use common::*;
 use tilestream::expr::{BinOp, Expr, ExprKind, Func, Literal};
 use tilestream::reference::{self, RefVal};
 use tilestream::synth::Rng;
-use tilestream::{DType, Dataset, Device, Number, RunOptions, all_stats, col, hist, lit};
+use tilestream::{DType, Dataset, Device, GroupStats, Number, RunOptions, all_stats, col, hist, lit};
 
 /// Row counts around the block size (8192) and the workgroup-ish sizes.
 const SIZES: &[usize] = &[0, 1, 2, 7, 255, 256, 257, 8191, 8192, 8193, 3 * 8192 + 5, 40_000, 2 * 65_536 + 77];
@@ -148,6 +148,19 @@ fn uses_libm(e: &Expr) -> bool {
     }
 }
 
+/// A group-by's keys, rows and statistics against the reference: `want` holds each key's
+/// selected rows.
+fn check_groups(what: &str, groups: &[GroupStats], want: &std::collections::BTreeMap<i128, Vec<u64>>, ds: &Dataset) {
+    assert_eq!(groups.iter().map(|g| g.key).collect::<Vec<_>>(), want.keys().copied().collect::<Vec<_>>(), "{what}: keys");
+    for grp in groups {
+        let rows_k = &want[&grp.key];
+        assert_eq!(grp.rows, rows_k.len() as u64, "{what}: group {} rows", grp.key);
+        for (n, s) in &grp.columns {
+            check_stats(&format!("{what} group={} col={n}", grp.key), s, &raw_values(ds, n, rows_k));
+        }
+    }
+}
+
 fn raw_values(ds: &Dataset, name: &str, rows: &[u64]) -> Vec<f64> {
     let c = ds.column_index(name).unwrap();
     rows.iter().map(|&r| reference::raw_f64(ds, c, r)).collect()
@@ -233,18 +246,7 @@ fn stats_filters_and_groups_match_reference() {
                             .aggregate([all_stats(["a", "b", "c", "i", "e", "u"])])
                             .collect_with(&dev, &opts)
                             .unwrap();
-                        assert_eq!(
-                            g.groups.iter().map(|g| g.key).collect::<Vec<_>>(),
-                            want.keys().copied().collect::<Vec<_>>(),
-                            "{what} by {key}: group keys"
-                        );
-                        for grp in &g.groups {
-                            let rows_k = &want[&grp.key];
-                            assert_eq!(grp.rows, rows_k.len() as u64, "{what} on {dev:?} {opts:?}: {key} group {} rows", grp.key);
-                            for (n, s) in &grp.columns {
-                                check_stats(&format!("{what} {key} group={} col={n}", grp.key), s, &raw_values(&ds, n, rows_k));
-                            }
-                        }
+                        check_groups(&format!("{what} on {dev:?} {opts:?} by {key}"), &g.groups, want, &ds);
                     }
                 }
             }
@@ -295,18 +297,7 @@ fn f32_group_bys_by_8_bit_keys_match_reference() {
                             lf = lf.filter(pred.clone());
                         }
                         let g = lf.group_by(key).aggregate([all_stats(names.clone())]).collect_with(&dev, &opts).unwrap();
-                        assert_eq!(
-                            g.groups.iter().map(|g| g.key).collect::<Vec<_>>(),
-                            want.keys().copied().collect::<Vec<_>>(),
-                            "{what}: keys"
-                        );
-                        for grp in &g.groups {
-                            let rows_k = &want[&grp.key];
-                            assert_eq!(grp.rows, rows_k.len() as u64, "{what} on {dev:?}: group {} rows", grp.key);
-                            for (n, s) in &grp.columns {
-                                check_stats(&format!("{what} on {dev:?} group={} col={n}", grp.key), s, &raw_values(&ds, n, rows_k));
-                            }
-                        }
+                        check_groups(&format!("{what} on {dev:?}"), &g.groups, &want, &ds);
                         let text = format!("{:?}", g.groups);
                         match &first {
                             None => first = Some(text),
@@ -391,18 +382,7 @@ fn wide_key_group_bys_join_blocks_into_units() {
                 match &first {
                     Some(f) => assert_eq!(f, &text, "{what}: results depend on the tile size or threads ({opts:?})"),
                     None => {
-                        assert_eq!(
-                            g.groups.iter().map(|g| g.key).collect::<Vec<_>>(),
-                            want.keys().copied().collect::<Vec<_>>(),
-                            "{what}: keys"
-                        );
-                        for grp in &g.groups {
-                            let rows_k = &want[&grp.key];
-                            assert_eq!(grp.rows, rows_k.len() as u64, "{what}: group {} rows", grp.key);
-                            for (n, s) in &grp.columns {
-                                check_stats(&format!("{what} group={} col={n}", grp.key), s, &raw_values(&ds, n, rows_k));
-                            }
-                        }
+                        check_groups(&what, &g.groups, &want, &ds);
                         first = Some(text);
                     }
                 }

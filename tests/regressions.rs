@@ -213,3 +213,49 @@ fn save_fit_is_checked_and_written_last() {
     assert!(!fit.exists(), "no fit file after a failed run");
     assert_eq!(std::fs::read(&out).unwrap(), b"keep");
 }
+
+/// A BOOL byte other than 0 and 1 (numpy reads it as true) made stats count its value
+/// (sum 5 for [2, 2, 0, 1]): such a column is now refused by
+/// every query that reads it, naming the file, column and row; one that holds only 0 and 1
+/// is read as before.
+#[test]
+fn bool_bytes_other_than_0_and_1_are_refused() {
+    let dir = TempDir::new("bools");
+    let path = dir.path("b.safetensors");
+    let rows = 20_000;
+    let x: Vec<f32> = (0..rows).map(|i| i as f32).collect();
+    let mut flag: Vec<u8> = (0..rows).map(|i| (i % 3 == 0) as u8).collect();
+    let k: Vec<u8> = (0..rows).map(|i| (i % 5) as u8).collect();
+    let cols = |flag: &[u8]| {
+        [
+            f32_col("x", &x),
+            ColData { name: "flag".into(), dtype: DType::Bool, bytes: flag.to_vec() },
+            ColData { name: "k".into(), dtype: DType::U8, bytes: k.clone() },
+        ]
+    };
+    write_safetensors(&path, rows, &cols(&flag));
+    let ds = Dataset::open(&path).unwrap();
+    for dev in all_devices() {
+        let s = *ds.lazy().aggregate([all_stats(["flag"])]).collect(&dev).unwrap().column("flag").unwrap();
+        assert_eq!(s.sum, (rows as f64 / 3.0).ceil(), "{dev:?}: valid bools");
+    }
+    flag[12_345] = 2;
+    write_safetensors(&path, rows, &cols(&flag));
+    let ds = Dataset::open(&path).unwrap();
+    for dev in all_devices() {
+        let queries = [
+            ds.lazy().aggregate([all_stats(["flag"])]),
+            ds.lazy().filter(col("flag")).aggregate([all_stats(["x"])]),
+            ds.lazy().group_by("k").aggregate([all_stats(["flag"])]),
+        ];
+        for (i, q) in queries.iter().enumerate() {
+            let e = q.collect(&dev).expect_err("byte 2 is no BOOL").to_string();
+            assert!(e.contains("b.safetensors") && e.contains("`flag`") && e.contains("byte 2 at row 12345"), "{dev:?} query {i}: {e}");
+        }
+        // A query that does not read the column is not concerned.
+        assert!(ds.lazy().aggregate([all_stats(["x"])]).collect(&dev).is_ok());
+    }
+    let out = bin().args(["stats", path.to_str().unwrap(), "--columns", "flag"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a BOOL is 0 or 1"), "{}", String::from_utf8_lossy(&out.stderr));
+}

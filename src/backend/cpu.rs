@@ -167,12 +167,13 @@ pub(crate) struct Prepared {
     /// Per input slot: read only by in-place statistics, so blocks make no view of it (an
     /// f16/bf16 view would be converted for nothing).
     direct_only: Vec<bool>,
-    /// Buffers kept between tiles (allocating and zeroing them per tile costs more than the
-    /// work on small tiles): a task takes a set and puts it back, so there are as many as
-    /// tasks ever ran at once, at most one per thread, and one when tiles hold a single
-    /// task (with a set per rayon fold split, a 16M-bin histogram's counters were allocated
-    /// some 15 times on two threads, 3 GiB).
-    scratch: std::sync::Mutex<Vec<Scratch>>,
+    /// Per-thread buffers kept between tiles (allocating and zeroing them per tile costs
+    /// more than the work on small tiles): one slot per pool thread, so that a run holds at
+    /// most one set per thread (with one per rayon fold split, a 16M-bin histogram's
+    /// counters were allocated some 15 times on two threads, 3 GiB; a pool shared by all
+    /// threads, locked per task, made histograms 7 % slower). A group-by's large per-unit
+    /// state is freed after each unit (`UnitGroups::take`).
+    scratch: Vec<ScratchSlot>,
 }
 
 /// How the CPU evaluates one instruction.
@@ -251,20 +252,19 @@ impl Cpu {
             per_block
                 .par_chunks_mut(group)
                 .enumerate()
-                .flat_map_iter(|(g, outs)| {
+                .fold(Vec::new, |mut done, (g, outs)| {
                     let r0 = tile.start + (g * group) as u64 * unit;
                     let rows = (tile.end - r0).min(unit * outs.len() as u64) as usize;
-                    let mut s = prep
-                        .scratch
-                        .lock()
-                        .ok()
-                        .and_then(|mut pool| pool.pop())
-                        .unwrap_or_else(|| Scratch::new(&prep.prog, prep.block as usize));
-                    let parts = run_group(level, prep, ds, r0, rows, &mut s, outs);
-                    if let Ok(mut pool) = prep.scratch.lock() {
-                        pool.push(s);
-                    }
-                    parts.into_iter().enumerate().map(move |(j, r)| (g * group + j, r))
+                    // The running thread's own buffers: no other thread takes this slot (and
+                    // if one did, it would wait: nothing here nests rayon work that could
+                    // re-enter it on this thread). A fold, not a flat map: one list of
+                    // partials per split (a list per task made histograms 3 % slower).
+                    let slot = rayon::current_thread_index().unwrap_or(0) % prep.scratch.len();
+                    let mut held = prep.scratch[slot].0.lock().unwrap_or_else(|e| e.into_inner());
+                    let s = held.get_or_insert_with(|| Scratch::new(&prep.prog, prep.block as usize));
+                    let parts = run_group(level, prep, ds, r0, rows, s, outs);
+                    done.extend(parts.into_iter().enumerate().map(|(j, r)| (g * group + j, r)));
+                    done
                 })
                 .collect::<Vec<_>>()
         };
@@ -273,16 +273,17 @@ impl Cpu {
             None => work(),
         };
         let mut hists: Vec<HistAcc> = prep.prog.hists.iter().map(|h| HistAcc::new(h.bins)).collect();
-        // Every task has put its buffers back.
-        if let Ok(mut pool) = prep.scratch.lock() {
-            for scratch in pool.iter_mut() {
-                for (h, ext) in hists.iter_mut().zip(scratch.hists.iter_mut()) {
-                    ext.drain_into(h);
+        if !hists.is_empty() {
+            for slot in &prep.scratch {
+                if let Some(scratch) = slot.0.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    for (h, ext) in hists.iter_mut().zip(scratch.hists.iter_mut()) {
+                        ext.drain_into(h);
+                    }
                 }
             }
         }
         let mut blocks: Vec<(usize, BlockPartial)> = Vec::with_capacity(nblocks);
-        for (b, r) in parts {
+        for (b, r) in parts.into_iter().flatten() {
             blocks.push((b, r?));
         }
         blocks.sort_by_key(|(b, _)| *b);
@@ -362,10 +363,15 @@ impl Backend for Cpu {
             gather,
             direct,
             direct_only,
-            scratch: std::sync::Mutex::new(Vec::new()),
+            scratch: (0..self.threads()).map(|_| ScratchSlot(std::sync::Mutex::new(None))).collect(),
         })
     }
 }
+
+/// One thread's buffers (`Prepared::scratch`), on cache lines of their own: another
+/// thread's lock word beside them would take their line away at every task.
+#[repr(align(128))]
+struct ScratchSlot(std::sync::Mutex<Option<Scratch>>);
 
 /// A task's buffers, reused by the tasks that follow it (`Prepared::scratch`).
 struct Scratch {
@@ -1827,10 +1833,20 @@ impl UnitGroups {
             });
             out.push(key, rows, stats);
         }
+        // A unit of many groups leaves its state to the allocator rather than to this
+        // thread's buffers, where it would wait for a unit that may never run here (a tile
+        // of one unit runs on any thread).
+        if self.groups.len() > LARGE_UNIT_GROUPS {
+            *self = UnitGroups::default();
+        }
         self.clear();
         out
     }
 }
+
+/// Groups above which a unit's state is freed after the unit (`UnitGroups::take`): 4,096
+/// groups' lanes are 1.3 MB per eight columns.
+const LARGE_UNIT_GROUPS: usize = 4096;
 
 /// A unit's row-wise accumulators of f32 columns: per run of `GW` columns, each slot's
 /// lanes (and `SPARES` after them for unselected rows), and each slot's ±inf counts.

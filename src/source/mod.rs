@@ -245,6 +245,28 @@ impl Dataset {
         f(map, start_page, end_page.min(map.len()) - start_page);
     }
 
+    /// Fails unless rows `[r0, r1)` of BOOL column `c` hold only the bytes 0 and 1: numpy
+    /// and PyTorch read any other byte as true, while the kernels would count its value
+    /// (a sum of 2 for one true row), so such a file is refused, naming the column and row.
+    pub(crate) fn check_bools(&self, c: usize, r0: u64, r1: u64) -> Result<()> {
+        let col = &self.columns[c];
+        let span = self.column_span(c, r0, r1);
+        let any_wide = if col.is_contiguous() {
+            // OR of every byte (vectorizes): a bit above bit 0 means a byte over 1.
+            span.iter().fold(0u8, |m, &b| m | b) > 1
+        } else {
+            span.iter().step_by(col.stride as usize).any(|&b| b > 1)
+        };
+        if !any_wide {
+            return Ok(());
+        }
+        let (i, b) = span.iter().step_by(col.stride as usize).enumerate().find(|&(_, &b)| b > 1).map_or((0, 0), |(i, &b)| (i, b));
+        Err(Error::format(
+            &self.files[col.file].path,
+            format!("column `{}` holds byte {b} at row {}; a BOOL is 0 or 1", col.name, r0 + i as u64),
+        ))
+    }
+
     /// Fails if a read faulted because an input file shrank while mapped (the faulting
     /// pages read as zeros, so results would be wrong).
     pub(crate) fn check_faults(&self) -> Result<()> {
