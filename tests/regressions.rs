@@ -259,3 +259,22 @@ fn bool_bytes_other_than_0_and_1_are_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("a BOOL is 0 or 1"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A file without columns (a `{}` header) beside another made the dataset's row count the
+/// first file's: `empty a` was an error and `a empty` was not. Either order now opens the
+/// same dataset.
+#[test]
+fn a_file_without_columns_may_stand_anywhere_side_by_side() {
+    let dir = TempDir::new("nocols");
+    let a = dir.path("a.safetensors");
+    write_safetensors(&a, 5, &[f32_col("x", &[1.0, 2.0, 3.0, 4.0, 5.0])]);
+    let empty = dir.path("empty.safetensors");
+    let header = b"{}      ";
+    std::fs::write(&empty, [&(header.len() as u64).to_le_bytes()[..], header].concat()).unwrap();
+    for paths in [[&a, &empty], [&empty, &a]] {
+        let ds = Dataset::open_many(&paths, tilestream::FileKind::Auto).unwrap_or_else(|e| panic!("{paths:?}: {e}"));
+        assert_eq!((ds.rows(), ds.columns().len()), (5, 1), "{paths:?}");
+        let s = *ds.lazy().aggregate([all_stats(["x"])]).collect(&Device::Cpu).unwrap().column("x").unwrap();
+        assert_eq!(s.sum, 15.0, "{paths:?}");
+    }
+}

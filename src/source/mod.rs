@@ -118,14 +118,18 @@ impl Dataset {
         for p in paths {
             files.push(map_file(p.as_ref(), kind)?);
         }
-        let rows = files[0].parsed.rows;
+        // The row count is the first file's that has columns: a file without any (`{}`, or
+        // only `[N, 0]` tensors) adds nothing and may stand anywhere in the list (it made
+        // `empty.safetensors a.safetensors` an error and the reverse order not).
+        let first = files.iter().find(|f| !f.parsed.columns.is_empty()).unwrap_or(&files[0]);
+        let rows = first.parsed.rows;
         let mut columns = Vec::new();
         let mut seen = HashSet::new();
         for (i, f) in files.iter().enumerate() {
             if f.parsed.rows != rows && !f.parsed.columns.is_empty() {
                 return Err(Error::format(
                     &f.path,
-                    format!("has {} rows but {} has {rows}: files side by side need one row count", f.parsed.rows, files[0].path.display()),
+                    format!("has {} rows but {} has {rows}: files side by side need one row count", f.parsed.rows, first.path.display()),
                 ));
             }
             for c in &f.parsed.columns {
