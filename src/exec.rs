@@ -80,10 +80,7 @@ pub(crate) struct PassOutput {
 /// Rows per tile for a program under a memory budget: output buffers for a whole tile
 /// must fit, and a tile is a whole number of `unit`s (the backend's rows per partial).
 pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64, unit: u64) -> u64 {
-    let in_bytes: u64 = prog.inputs.iter().map(|&c| ds.columns()[c].dtype.size() as u64).sum();
-    let out_bytes: u64 = prog.outputs.iter().map(|o| o.dtype.size() as u64).sum();
-    let per_row = (in_bytes + 2 * out_bytes).max(1);
-    let mut units = budget / per_row / unit;
+    let mut units = row_units(prog, ds, budget, unit);
     if let Some(k) = prog.key {
         // A tile's group partials are held until the tile is merged: at worst every row of a
         // unit is its own group (8/16-bit keys have at most 256/65536 values, and a unit
@@ -93,17 +90,37 @@ pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64, unit: u6
             1 => 256,
             _ => MAX_GROUPS as u64,
         };
-        let worst = unit.min(keys) * group_bytes(prog);
+        let worst = unit.min(keys) * group_bytes(prog, ds);
         units = units.min(budget / 2 / worst);
     }
     units.clamp(1, (1 << 20) / (unit / BLOCK_ROWS)) * unit
 }
 
-/// Bytes one group of a group-by holds per unit in flight: its partial, and the task's
-/// working state while the unit runs (the CPU's row-wise lanes, 40 bytes per column, and
-/// ±inf counts).
-pub(crate) fn group_bytes(prog: &FusedProgram) -> u64 {
-    (prog.stats.len().max(1) * (std::mem::size_of::<crate::accum::BlockStats>() + 48) + std::mem::size_of::<(i128, u64)>()) as u64
+/// The units of a tile whose rows' input columns and output buffers fit the budget (the
+/// other bound of `tile_rows`, for group partials, aside).
+pub(crate) fn row_units(prog: &FusedProgram, ds: &Dataset, budget: u64, unit: u64) -> u64 {
+    let in_bytes: u64 = prog.inputs.iter().map(|&c| ds.columns()[c].dtype.size() as u64).sum();
+    let out_bytes: u64 = prog.outputs.iter().map(|o| o.dtype.size() as u64).sum();
+    let per_row = (in_bytes + 2 * out_bytes).max(1);
+    budget / per_row / unit
+}
+
+/// Bytes one group of a group-by holds per unit in flight, as the CPU (the largest of the
+/// backends) holds them: its partial per statistic, and the task's working state while the
+/// unit runs: for f32 statistics (f16/bf16 columns and expressions too) the row-wise
+/// lanes, 320 bytes per run of eight, and a ±inf count; for others, the unit's and the
+/// block's statistics beside the partial.
+pub(crate) fn group_bytes(prog: &FusedProgram, ds: &Dataset) -> u64 {
+    let stat = std::mem::size_of::<crate::accum::BlockStats>() as u64;
+    let f32_like = |src: &crate::program::Source| match *src {
+        crate::program::Source::Slot(i) => {
+            matches!(ds.columns()[prog.inputs[i]].dtype, crate::dtype::DType::F32 | crate::dtype::DType::F16 | crate::dtype::DType::BF16)
+        }
+        crate::program::Source::Reg(r) => prog.reg_type(r) == crate::ops::VType::F32,
+    };
+    let f32s = prog.stats.iter().filter(|s| f32_like(s)).count() as u64;
+    let others = prog.stats.len() as u64 - f32s;
+    f32s * (stat + 8) + f32s.div_ceil(8) * 320 + others * 3 * stat + std::mem::size_of::<(i128, u64)>() as u64
 }
 
 /// What the pager does with a range of rows of the program's input columns.

@@ -430,7 +430,11 @@ impl AggregateQuery {
 
 fn explain_program(prog: &FusedProgram, ds: &Dataset) -> String {
     let unit = crate::backend::cpu::unit_rows(prog, ds);
-    let tile = exec::tile_rows(prog, ds, RunOptions::default().memory_budget, unit);
+    let budget = RunOptions::default().memory_budget;
+    let tile = match crate::backend::cpu::Cpu::new(None, budget) {
+        Ok(cpu) => crate::backend::Backend::tile_rows(&cpu, prog, ds, budget),
+        Err(_) => exec::tile_rows(prog, ds, budget, unit),
+    };
     format!(
         "fused program (one kernel per tile; {} of {} columns read, {} rows per tile on the CPU at the default budget, {}-row blocks; group-by: {}):\n{}",
         prog.inputs.len(),

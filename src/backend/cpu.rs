@@ -126,8 +126,8 @@ fn block_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
 const WIDE_KEY_UNIT_ROWS: u64 = 8 * CPU_GROUP_BLOCK_ROWS;
 
 /// Groups each of `units` units in flight may hold within half of `budget`.
-fn group_allowance(budget: u64, units: u64, prog: &FusedProgram) -> usize {
-    (budget / 2 / units.max(1) / crate::exec::group_bytes(prog)) as usize
+fn group_allowance(budget: u64, units: u64, prog: &FusedProgram, ds: &Dataset) -> usize {
+    (budget / 2 / units.max(1) / crate::exec::group_bytes(prog, ds)) as usize
 }
 
 /// The fewest groups per unit worth a tile of one unit per thread (`Cpu::tile_rows`).
@@ -308,8 +308,9 @@ impl Backend for Cpu {
         let unit = unit_rows(prog, ds);
         let safe = crate::exec::tile_rows(prog, ds, budget, unit);
         let wide = unit == WIDE_KEY_UNIT_ROWS && prog.key.is_some();
-        let units = self.threads() as u64;
-        if wide && safe < units * unit && group_allowance(budget, units, prog) >= MIN_GROUP_ALLOWANCE { units * unit } else { safe }
+        // Never more units than the rows' input bytes allow (the bound `safe` shares).
+        let units = (self.threads() as u64).min(crate::exec::row_units(prog, ds, budget, unit));
+        if wide && safe < units * unit && group_allowance(budget, units, prog, ds) >= MIN_GROUP_ALLOWANCE { units * unit } else { safe }
     }
 
     fn submit(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult> {
@@ -356,7 +357,7 @@ impl Backend for Cpu {
             unit: self.unit_rows(prog, ds),
             block: block_rows(prog, ds),
             group_allowance: if tile_rows > crate::exec::tile_rows(prog, ds, self.budget, self.unit_rows(prog, ds)) {
-                group_allowance(self.budget, tile_rows.div_ceil(self.unit_rows(prog, ds)), prog)
+                group_allowance(self.budget, tile_rows.div_ceil(self.unit_rows(prog, ds)), prog, ds)
             } else {
                 usize::MAX
             },
@@ -1862,7 +1863,8 @@ struct F32Groups {
 
 impl F32Groups {
     fn clear(&mut self) {
-        self.lanes.clear();
+        // Each run's lanes are emptied, not freed: the next unit reuses them.
+        self.lanes.iter_mut().for_each(Vec::clear);
         self.infs.clear();
         self.g = 0;
     }
