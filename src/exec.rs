@@ -212,6 +212,8 @@ fn run_tiles<B: Backend>(
     let mut groups: Vec<(u64, Vec<StatsAcc>)> = Vec::new();
     let mut group_keys: Vec<i128> = Vec::new();
     let mut group_of = KeyMap::new();
+    // BOOL columns are checked tile by tile (`Dataset::check_bools`).
+    let bool_inputs: Vec<usize> = prog.inputs.iter().copied().filter(|&c| ds.columns()[c].dtype == crate::dtype::DType::Bool).collect();
     let mut tile_out = TileOut::default();
     if sink.is_some() {
         tile_out.columns = prog.outputs.iter().map(|o| vec![0u8; (tile.min(rows.max(1))) as usize * o.dtype.size()]).collect();
@@ -233,7 +235,7 @@ fn run_tiles<B: Backend>(
             if r1 < rows {
                 advise(Paging::ReadAhead, r1, (r1 + tile).min(rows));
             }
-            for &c in prog.inputs.iter().filter(|&&c| ds.columns()[c].dtype == crate::dtype::DType::Bool) {
+            for &c in &bool_inputs {
                 ds.check_bools(c, r0, r1)?;
             }
             let ticket = match backend.submit(&prep, ds, r0..r1, sink.is_some().then_some(&mut tile_out)) {

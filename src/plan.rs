@@ -430,11 +430,7 @@ impl AggregateQuery {
 
 fn explain_program(prog: &FusedProgram, ds: &Dataset) -> String {
     let unit = crate::backend::cpu::unit_rows(prog, ds);
-    let budget = RunOptions::default().memory_budget;
-    let tile = match crate::backend::cpu::Cpu::new(None, budget) {
-        Ok(cpu) => crate::backend::Backend::tile_rows(&cpu, prog, ds, budget),
-        Err(_) => exec::tile_rows(prog, ds, budget, unit),
-    };
+    let tile = crate::backend::cpu::tile_rows(prog, ds, RunOptions::default().memory_budget, rayon::current_num_threads());
     format!(
         "fused program (one kernel per tile; {} of {} columns read, {} rows per tile on the CPU at the default budget, {}-row blocks; group-by: {}):\n{}",
         prog.inputs.len(),
@@ -446,11 +442,12 @@ fn explain_program(prog: &FusedProgram, ds: &Dataset) -> String {
                 "on the CPU, per {unit}-row unit dense key slots (direct table for 8/16-bit keys, hash map otherwise; a unit of a \
                  key wider than 8 bits is read in blocks of at most {} rows whose groups join), f32 columns added row by row to \
                  their group's accumulators eight columns at a time, or four for four or fewer (with AVX2 or AVX-512; else \
-                 gathered into key order); tiles hold as many units as the budget keeps partials of {} groups for; on wgpu and CUDA, one workgroup per {}-row unit and per sweep of 256 key slots, \
+                 gathered into key order); tiles hold as many units as the budget keeps partials of {} groups for, or one per thread \
+                 with a share of the budget's groups each (a unit with more runs again in smaller tiles); on wgpu and CUDA, one workgroup per {}-row unit and per sweep of 256 key slots, \
                  one thread per key walking its rows in order (a key wider than 8 bits is read on the host first: its slot is its distance \
                  from the smallest key, or its index among the column's sorted distinct keys, found by binary search, when those take fewer \
                  sweeps or the range spans more than {} values; at most that many distinct keys); partials merged in unit order",
-                4 * exec::GROUP_BLOCK_ROWS,
+                crate::backend::cpu::CPU_GROUP_BLOCK_ROWS,
                 exec::MAX_GROUPS,
                 exec::GROUP_BLOCK_ROWS,
                 exec::MAX_GROUPS

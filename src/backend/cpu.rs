@@ -102,7 +102,7 @@ impl Cpu {
 /// each thread holds a unit of every expression's values, and of every column it converts
 /// (f16, bf16) or gathers (strided, unaligned). A GPU keeps the smaller unit too: a unit is
 /// one thread block there, and fewer would leave a large GPU idle.
-const CPU_GROUP_BLOCK_ROWS: u64 = 4 * GROUP_BLOCK_ROWS;
+pub(crate) const CPU_GROUP_BLOCK_ROWS: u64 = 4 * GROUP_BLOCK_ROWS;
 
 /// Rows a block's kernels take at a time on the CPU: `CPU_GROUP_BLOCK_ROWS` for a group-by
 /// without instructions whose columns `make_view` reads in place, else the GPUs' unit.
@@ -133,6 +133,24 @@ fn group_allowance(budget: u64, units: u64, prog: &FusedProgram, ds: &Dataset) -
 /// The fewest groups per unit worth a tile of one unit per thread (`Cpu::tile_rows`).
 const MIN_GROUP_ALLOWANCE: usize = 256;
 
+/// Rows per tile on the CPU on `threads` threads: the driver's (`exec::tile_rows`), or one
+/// unit per thread for a group-by by a wide key whose worst case (65,536 groups per unit)
+/// leaves fewer units to a tile than threads: each unit may then hold a share of the
+/// budget's groups (`Prepared::group_allowance`), and a unit with more makes the driver run
+/// its rows again in smaller tiles. (With the worst case, a group-by of eight columns ran
+/// on one thread under the default budget.)
+pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64, threads: usize) -> u64 {
+    let unit = unit_rows(prog, ds);
+    let safe = crate::exec::tile_rows(prog, ds, budget, unit);
+    // Never more units than the rows' input bytes allow (the bound `safe` shares).
+    let units = (threads as u64).min(crate::exec::row_units(prog, ds, budget, unit));
+    if unit == WIDE_KEY_UNIT_ROWS && safe < units * unit && group_allowance(budget, units, prog, ds) >= MIN_GROUP_ALLOWANCE {
+        units * unit
+    } else {
+        safe
+    }
+}
+
 /// Rows per partial of a program on the CPU: `WIDE_KEY_UNIT_ROWS` for a group-by by a key
 /// wider than 8 bits, else a block (`block_rows`).
 pub(crate) fn unit_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
@@ -151,9 +169,10 @@ pub(crate) struct Prepared {
     unit: u64,
     /// Rows the kernels take at a time: the unit, or a whole fraction of it.
     block: u64,
-    /// Most groups a unit may hold: a tile larger than the worst case allows (`tile_rows`)
-    /// gives each of its units an equal share of half the budget; a unit with more groups
-    /// fails with `DeviceOutOfMemory`, and the driver runs its rows again in smaller tiles.
+    /// Most groups a unit may hold: each unit of a tile gets an equal share of half the
+    /// budget (no less than the worst case when the tile is the driver's own; a tile larger
+    /// than that, `Cpu::tile_rows`, may fall short); a unit with more groups fails with
+    /// `DeviceOutOfMemory`, and the driver runs its rows again in smaller tiles.
     group_allowance: usize,
     /// How each block gathers the columns it cannot read in place.
     gather: GatherPlan,
@@ -299,18 +318,8 @@ impl Backend for Cpu {
         unit_rows(prog, ds)
     }
 
-    /// The driver's tile, or one unit per thread for a group-by by a wide key whose
-    /// worst case (65,536 groups per unit) leaves fewer units to a tile than threads: each
-    /// unit may then hold a share of the budget's groups (`group_allowance`), and a unit
-    /// with more makes the driver run its rows again in smaller tiles. (With the worst
-    /// case, a group-by of eight columns ran on one thread under the default budget.)
     fn tile_rows(&self, prog: &FusedProgram, ds: &Dataset, budget: u64) -> u64 {
-        let unit = unit_rows(prog, ds);
-        let safe = crate::exec::tile_rows(prog, ds, budget, unit);
-        let wide = unit == WIDE_KEY_UNIT_ROWS && prog.key.is_some();
-        // Never more units than the rows' input bytes allow (the bound `safe` shares).
-        let units = (self.threads() as u64).min(crate::exec::row_units(prog, ds, budget, unit));
-        if wide && safe < units * unit && group_allowance(budget, units, prog, ds) >= MIN_GROUP_ALLOWANCE { units * unit } else { safe }
+        tile_rows(prog, ds, budget, self.threads())
     }
 
     fn submit(&self, prep: &Prepared, ds: &Dataset, tile: Range<u64>, out: Option<&mut TileOut>) -> Result<TileResult> {
@@ -322,6 +331,7 @@ impl Backend for Cpu {
     }
 
     fn prepare(&self, prog: &FusedProgram, ds: &Dataset, tile_rows: u64) -> Result<Prepared> {
+        let unit = self.unit_rows(prog, ds);
         let dtypes: Vec<DType> = prog.inputs.iter().map(|&c| ds.columns()[c].dtype).collect();
         let steps = plan_steps(prog, &dtypes);
         let gather = GatherPlan::new(prog, ds, self.level);
@@ -354,12 +364,13 @@ impl Backend for Cpu {
             prog: prog.clone(),
             dtypes,
             steps,
-            unit: self.unit_rows(prog, ds),
+            unit,
             block: block_rows(prog, ds),
-            group_allowance: if tile_rows > crate::exec::tile_rows(prog, ds, self.budget, self.unit_rows(prog, ds)) {
-                group_allowance(self.budget, tile_rows.div_ceil(self.unit_rows(prog, ds)), prog, ds)
-            } else {
-                usize::MAX
+            // A tile of several units: each its share (at least the worst case when the
+            // tile is the driver's own, `exec::tile_rows`). One unit: nothing to shrink to.
+            group_allowance: match tile_rows.div_ceil(unit) {
+                0 | 1 => usize::MAX,
+                units => group_allowance(self.budget, units, prog, ds),
             },
             gather,
             direct,
@@ -507,6 +518,19 @@ enum Reg {
 }
 
 impl Scratch {
+    /// Empties the group-by state for a new unit: its key slots are numbered afresh (the
+    /// last unit's 16-bit keys leave the table, which is all zeros between units).
+    fn start_unit(&mut self) {
+        if !self.key_table.is_empty() {
+            for &kv in &self.keys {
+                self.key_table[(kv + KEY_OFFSET as i128) as usize] = 0;
+            }
+        }
+        self.keys.clear();
+        self.key_map.next_unit();
+        self.unit_groups.clear();
+    }
+
     fn new(prog: &FusedProgram, unit: usize) -> Scratch {
         let regs = prog
             .instrs
@@ -976,7 +1000,7 @@ fn run_group_impl(
 fn run_groups_unit(level: Level, prep: &Prepared, ds: &Dataset, r0: u64, n: usize, s: &mut Scratch) -> Result<BlockPartial> {
     let block = prep.block as usize;
     let mut part = BlockPartial::default();
-    s.unit_groups.start();
+    s.start_unit();
     for b in (0..n).step_by(block) {
         // A group-by writes no output columns.
         let p = run_block_impl(level, prep, ds, r0 + b as u64, block.min(n - b), s, &mut [])?;
@@ -1777,18 +1801,10 @@ struct UnitGroups {
     /// order: `others` entries from `slot * others`.
     stats: Vec<BlockStats>,
     others: usize,
-    /// No block of the unit has run yet.
-    starting: bool,
 }
 
 impl UnitGroups {
-    /// Empty, for a new unit, whose first block resets the key slots (`group_block`).
-    fn start(&mut self) {
-        self.clear();
-        self.starting = true;
-    }
-
-    /// Empty.
+    /// Empty, for a new unit.
     fn clear(&mut self) {
         self.groups.clear();
         self.row_wise.clear();
@@ -1886,8 +1902,8 @@ impl F32Groups {
     }
 }
 
-/// Per-group statistics of one block, added to its unit's (`bufs.unit`, which says whether
-/// the block starts the unit). An 8-bit key is its own slot (+128 for i8: 256 slots, the empty ones
+/// Per-group statistics of one block, added to its unit's (`bufs.unit`; `Scratch::start_unit`
+/// empties it and the key slots when a unit starts). An 8-bit key is its own slot (+128 for i8: 256 slots, the empty ones
 /// dropped); wider keys map to dense slots in first-seen order within the unit, and more
 /// than `MAX_GROUPS` of them is the query's error.
 #[inline(always)]
@@ -1900,7 +1916,6 @@ fn group_block<'a>(
     level: Level,
 ) -> Result<()> {
     let GroupBufs { keys, slots, table, map, order, gbuf, unit } = bufs;
-    let first = std::mem::take(&mut unit.starting);
     let n = on_view!(key, x => x.len());
     let sources: Vec<View> = sources.collect();
     let f32_cols: Vec<&[f32]> = sources.iter().filter_map(|v| if let View::F32(x) = *v { Some(x) } else { None }).collect();
@@ -1908,17 +1923,6 @@ fn group_block<'a>(
     // (`Slots::Key8`) rather than for the whole block: the benchmark's 64-key group-by of
     // eight columns went from 19.2-19.6 to 20.6-20.8 GB/s.
     let in_runs = level != Level::Base && f32_cols.len() == sources.len();
-    if first {
-        // The last unit's 16-bit keys leave the table (it is all zeros between units).
-        if !table.is_empty() {
-            for &kv in keys.iter() {
-                table[(kv + KEY_OFFSET as i128) as usize] = 0;
-            }
-        }
-        keys.clear();
-        map.next_unit();
-        unit.clear();
-    }
     // 8-bit keys: `(offset, g)`, slot j holding key j - offset, and `g` slots (one past the
     // largest key's, unselected rows included).
     let direct: Option<(i64, usize)>;
@@ -1972,7 +1976,8 @@ fn group_block<'a>(
     // f32 columns: row by row into the unit's per-group accumulators, where the CPU has
     // AVX2 (else gathered into group order, below).
     let row_wise = level != Level::Base;
-    if first {
+    // Every block of a unit has the same sources: the unit's first sets their kinds.
+    if unit.row_wise.len() != sources.len() {
         unit.row_wise = sources.iter().map(|v| row_wise && matches!(v, View::F32(_))).collect();
         unit.others = unit.row_wise.iter().filter(|&&rw| !rw).count();
     }

@@ -205,7 +205,7 @@ impl KeyMap {
         self.last = None;
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
-            // After 2^32 blocks, entries of generation 1 could still be there.
+            // After 2^32 units, entries of generation 1 could still be there.
             self.entries.fill((0, 0, 0));
             self.generation = 1;
         }
@@ -430,8 +430,8 @@ pub(crate) struct BlockPartial {
     pub out_counts: Vec<(u64, u64)>,
 }
 
-/// The per-group partials of one block: for each key that saw rows, its rows and one
-/// [`BlockStats`] per statistic, held flat (a block of a 65,536-key group-by has as many
+/// The per-group partials of one unit: for each key that saw rows, its rows and one
+/// [`BlockStats`] per statistic, held flat (a unit of a 65,536-key group-by has as many
 /// groups: one allocation each made a CPU group-by of 60,000 keys spend a sixth of its
 /// time in the allocator).
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -517,14 +517,16 @@ fn put_columns(buf: &mut Vec<u8>, cols: &[(String, ColumnStats)]) {
             format!(":{{\"count\":{},\"nan_count\":{},\"inf_count\":{},\"sum\":", s.count, s.nan_count, s.inf_count).as_bytes(),
         );
         put_f64(buf, Some(s.sum));
-        for (field, v) in [("mean", s.mean), ("min", None), ("max", None), ("var", s.var), ("std", s.std)] {
-            buf.extend_from_slice(format!(",\"{field}\":").as_bytes());
-            match field {
-                "min" => put_num(buf, s.min),
-                "max" => put_num(buf, s.max),
-                _ => put_f64(buf, v),
-            }
-        }
+        buf.extend_from_slice(b",\"mean\":");
+        put_f64(buf, s.mean);
+        buf.extend_from_slice(b",\"min\":");
+        put_num(buf, s.min);
+        buf.extend_from_slice(b",\"max\":");
+        put_num(buf, s.max);
+        buf.extend_from_slice(b",\"var\":");
+        put_f64(buf, s.var);
+        buf.extend_from_slice(b",\"std\":");
+        put_f64(buf, s.std);
         buf.push(b'}');
     }
     buf.push(b'}');
