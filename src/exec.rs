@@ -31,6 +31,10 @@ pub(crate) fn unit_rows(prog: &FusedProgram) -> u64 {
     if prog.key.is_some() { GROUP_BLOCK_ROWS } else { BLOCK_ROWS }
 }
 
+/// The least budget a query is refused against for want of memory (a smaller one only makes
+/// tiles smaller).
+pub(crate) const MIN_REFUSAL_BUDGET: u64 = 64 << 20;
+
 /// The error of a group-by with more than `MAX_GROUPS` keys.
 pub(crate) fn too_many_groups() -> Error {
     Error::plan(format!("the group-by key has more than {MAX_GROUPS} distinct values"))
@@ -123,6 +127,30 @@ pub(crate) fn group_bytes(prog: &FusedProgram, ds: &Dataset) -> u64 {
     f32s * (stat + 8) + f32s.div_ceil(8) * 320 + others * 3 * stat + std::mem::size_of::<(i128, u64)>() as u64
 }
 
+/// Bytes one group of a group-by's result holds once finished (`GroupStats`, and per
+/// statistic its column's name, a short string on the heap, beside its `ColumnStats`). The
+/// merged `StatsAcc`s it is made from are smaller, and freed group by group as it is made.
+fn group_result_bytes(stats: usize) -> u64 {
+    use std::mem::size_of;
+    (size_of::<crate::plan::GroupStats>() + stats * (size_of::<(String, crate::accum::ColumnStats)>() + 32)) as u64
+}
+
+/// Whether a group-by's result of `groups` groups of `stats` statistics fits in its half
+/// of the memory budget (the other half is for the units in flight, `group_bytes`).
+fn check_group_result(groups: usize, stats: usize, budget: u64) -> Result<()> {
+    let budget = budget.max(MIN_REFUSAL_BUDGET);
+    let need = groups as u64 * group_result_bytes(stats);
+    if need <= budget / 2 {
+        return Ok(());
+    }
+    Err(Error::plan(format!(
+        "the group-by's result outgrows half of the memory budget ({} MiB): {groups} groups of {stats} columns already need {} MiB; \
+         raise --memory-budget or select fewer --columns",
+        budget / 2 >> 20,
+        need.div_ceil(1 << 20)
+    )))
+}
+
 /// What the pager does with a range of rows of the program's input columns.
 #[derive(Clone, Copy)]
 enum Paging {
@@ -182,7 +210,7 @@ fn run_tiles<B: Backend>(
     // (The rows a thread evaluates at a time are `unit_rows(prog)`, also where the CPU's
     // partials are larger: `backend::cpu::unit_rows`.)
     let reg_bytes = prog.instrs.len() as u64 * unit_rows(prog) * 8 * threads;
-    if reg_bytes > opts.memory_budget.max(64 << 20) {
+    if reg_bytes > opts.memory_budget.max(MIN_REFUSAL_BUDGET) {
         return Err(Error::plan(format!(
             "the query's expressions need {} MiB of working memory on {threads} threads (more than --memory-budget); simplify them or raise the budget",
             reg_bytes >> 20
@@ -240,7 +268,7 @@ fn run_tiles<B: Backend>(
             }
             let ticket = match backend.submit(&prep, ds, r0..r1, sink.is_some().then_some(&mut tile_out)) {
                 // The tile's working memory ran short (on the CPU: a unit's groups outgrew
-                // their share of the budget, `backend::cpu::Prepared::group_allowance`): the
+                // their share of the budget, `backend::cpu::Prepared::group_limit`): the
                 // same rows again in smaller tiles. Nothing of the tile was merged or written.
                 Err(Error::DeviceOutOfMemory { .. }) if pending.is_empty() && tile > unit => {
                     tile = (tile / 2 / unit).max(1) * unit;
@@ -272,6 +300,7 @@ fn run_tiles<B: Backend>(
                 // More than MAX_GROUPS keys is the query's error.
                 let j = group_of.slot(key, &mut group_keys)? as usize;
                 if j == groups.len() {
+                    check_group_result(j + 1, bstats.len(), opts.memory_budget)?;
                     groups.push((0, vec![StatsAcc::default(); bstats.len()]));
                 }
                 let entry = &mut groups[j];

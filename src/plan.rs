@@ -373,7 +373,7 @@ impl AggregateQuery {
         // Per bin: a u32 counter and a u64 total in each thread, the tile's and the pass's u64
         // counts (`backend::cpu::HistCounts`, `exec::run`).
         let hist_bytes: u64 = hists.iter().map(|h| (h.1 as u64 + 4) * (12 * threads + 16)).sum();
-        if hist_bytes > opts.memory_budget.max(64 << 20) {
+        if hist_bytes > opts.memory_budget.max(crate::exec::MIN_REFUSAL_BUDGET) {
             return Err(Error::plan(format!(
                 "histograms of this many bins need {} MiB on {threads} threads; raise --memory-budget or use fewer --bins",
                 hist_bytes >> 20

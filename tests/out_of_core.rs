@@ -318,10 +318,16 @@ where
 /// Runs `tilestream --memory-budget 64MiB ARGS` while sampling its memory, prints the
 /// peaks and asserts RssAnon < budget + 64 MiB.
 fn run_within_budget(label: &str, args: &[&OsStr]) -> Run {
+    let run = run_sampled_within_budget(label, args);
+    run.ok(label);
+    run
+}
+
+/// `run_within_budget`, for a run that may fail.
+fn run_sampled_within_budget(label: &str, args: &[&OsStr]) -> Run {
     let mut cmd = cli(["--memory-budget", "64MiB"]);
     cmd.args(args);
     let run = Proc::spawn(cmd).finish(label, true);
-    run.ok(label);
     let p = run.peaks;
     eprintln!(
         "peak memory {label:<52} RssAnon {:>7} kB  RssFile {:>7} kB  VmHWM {:>7} kB  ({} samples, {:.2} s)",
@@ -487,7 +493,8 @@ fn npy_columns(path: &Path, size: usize) -> (Vec<u64>, Vec<Vec<u8>>) {
 /// A group-by of 65,536 keys and a histogram of 1.5M bins, whose results and per-thread
 /// state are large whatever the file's size, stay within the budget too: their output is
 /// printed piece by piece, and each thread holds one set of buffers (with one per rayon
-/// split, and the output built whole as a JSON tree, both took several times the budget).
+/// split, and the output built whole as a JSON tree, both took several times the budget);
+/// a group-by whose groups would outgrow the budget is refused.
 #[test]
 fn many_groups_and_bins_stay_within_the_memory_budget() {
     let _serial = serial();
@@ -517,9 +524,10 @@ fn many_groups_and_bins_stay_within_the_memory_budget() {
     drop(cols);
     let file = path.as_os_str();
 
+    // One column: each unit's 65,536 groups hold ~30 MB, within half of the budget.
     let r = run_within_budget(
-        "stats --by id (65,536 groups)",
-        &[OsStr::new("stats"), file, OsStr::new("--by"), OsStr::new("id"), OsStr::new("--json")],
+        "stats --by id --columns f3 (65,536 groups)",
+        &[OsStr::new("stats"), file, OsStr::new("--by"), OsStr::new("id"), OsStr::new("--columns"), OsStr::new("f3"), OsStr::new("--json")],
     );
     let v = r.json("stats --by id");
     let groups = v["groups"].as_array().unwrap();
@@ -529,6 +537,10 @@ fn many_groups_and_bins_stay_within_the_memory_budget() {
     for g in groups {
         assert_eq!(g["columns"]["f3"]["count"], g["rows"], "no NaN");
     }
+    // Four columns need ~54 MB per unit: refused (it held ~100 MiB before), still within
+    // the budget while it finds out.
+    run_sampled_within_budget("stats --by id (4 columns)", &[OsStr::new("stats"), file, OsStr::new("--by"), OsStr::new("id")])
+        .fails_with("stats --by id (4 columns)", &["65536 groups", "raise --memory-budget"]);
 
     // Two threads: 1.5M bins need 40 bytes each (two threads' u32 counters and u64 totals,
     // the tile's and the pass's counts), 60 MB, within the budget; more threads would not be.

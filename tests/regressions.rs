@@ -278,3 +278,36 @@ fn a_file_without_columns_may_stand_anywhere_side_by_side() {
         assert_eq!(s.sum, 15.0, "{paths:?}");
     }
 }
+
+/// A group-by's state is held within the memory budget or the query is refused, naming
+/// the budget: a unit's groups of eight f32 columns grew to 1.5 GiB under a 64 MiB budget
+/// (10,000 keys x 1,000 columns), and the merged result beyond it.
+#[test]
+fn group_by_state_beyond_the_budget_is_refused() {
+    let dir = TempDir::new("groupbudget");
+    let path = dir.path("g.safetensors");
+    let mut rng = tilestream::synth::Rng::new(seed("group_by_state_beyond_the_budget_is_refused"));
+    // Two rows per key; 8 f32 columns hold ~1.3 KB per group while a unit runs and ~1.7 KB
+    // in the result (`exec::group_bytes`, `exec::group_result_bytes`).
+    let mut run = |keys: usize, budget: u64| {
+        let rows = 2 * keys;
+        let mut cols: Vec<ColData> =
+            (0..8).map(|c| f32_col(&format!("f{c}"), &(0..rows).map(|_| rng.normal() as f32).collect::<Vec<_>>())).collect();
+        let k: Vec<i32> = (0..rows).map(|i| (i % keys) as i32 * 3 - 7).collect();
+        cols.push(ColData { name: "k".into(), dtype: DType::I32, bytes: bytemuck::cast_slice(&k).to_vec() });
+        write_safetensors(&path, rows, &cols);
+        let ds = Dataset::open(&path).unwrap();
+        let names: Vec<String> = (0..8).map(|c| format!("f{c}")).collect();
+        let opts = RunOptions { memory_budget: budget, threads: Some(1), ..RunOptions::default() };
+        ds.lazy().group_by("k").aggregate([all_stats(names)]).collect_with(&Device::Cpu, &opts).map(|r| r.groups.len())
+    };
+    // 64 MiB: half for a unit's groups (~25,000 of them), half for the result (~19,000).
+    let e = run(30_000, 64 << 20).expect_err("a unit of 30,000 groups needs ~39 MB").to_string();
+    assert!(e.contains("a group-by unit") && e.contains("30000 groups") && e.contains("raise --memory-budget"), "{e}");
+    let e = run(22_000, 64 << 20).expect_err("a result of 22,000 groups needs ~38 MB").to_string();
+    assert!(e.contains("group-by's result") && e.contains("raise --memory-budget"), "{e}");
+    // A smaller budget only sizes tiles: refusals are measured against 64 MiB.
+    assert!(run(22_000, 1).is_err());
+    assert_eq!(run(17_000, 1).ok(), Some(17_000));
+    assert_eq!(run(30_000, 128 << 20).ok(), Some(30_000));
+}

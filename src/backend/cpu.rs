@@ -130,13 +130,49 @@ fn group_allowance(budget: u64, units: u64, prog: &FusedProgram, ds: &Dataset) -
     (budget / 2 / units.max(1) / crate::exec::group_bytes(prog, ds)) as usize
 }
 
+/// How many groups a unit of a group-by may hold, and what holding more means.
+#[derive(Clone, Copy)]
+struct GroupLimit {
+    /// Most groups a unit may hold: its equal share of half the budget.
+    groups: usize,
+    /// Bytes each group holds while its unit runs (`exec::group_bytes`).
+    group_bytes: u64,
+    /// Rows per unit.
+    unit_rows: u64,
+    /// Whether the tile holds several units, so that the driver can run its rows again in
+    /// smaller tiles (`DeviceOutOfMemory`); a tile of one unit cannot shrink, and the query
+    /// is refused.
+    shrinkable: bool,
+}
+
+impl GroupLimit {
+    /// Whether a unit may hold `g` groups.
+    fn check(&self, g: usize) -> Result<()> {
+        if g <= self.groups {
+            return Ok(());
+        }
+        let mib = |groups: usize| (groups as u64 * self.group_bytes).div_ceil(1 << 20);
+        let message = format!(
+            "a group-by unit of {} rows holds {g} groups, whose statistics need {} MiB, more than its share of the memory budget ({} MiB)",
+            self.unit_rows,
+            mib(g),
+            mib(self.groups)
+        );
+        if self.shrinkable {
+            Err(Error::DeviceOutOfMemory { device: "cpu".into(), message })
+        } else {
+            Err(Error::plan(format!("{message}; raise --memory-budget or select fewer --columns")))
+        }
+    }
+}
+
 /// The fewest groups per unit worth a tile of one unit per thread (`Cpu::tile_rows`).
 const MIN_GROUP_ALLOWANCE: usize = 256;
 
 /// Rows per tile on the CPU on `threads` threads: the driver's (`exec::tile_rows`), or one
 /// unit per thread for a group-by by a wide key whose worst case (65,536 groups per unit)
 /// leaves fewer units to a tile than threads: each unit may then hold a share of the
-/// budget's groups (`Prepared::group_allowance`), and a unit with more makes the driver run
+/// budget's groups (`Prepared::group_limit`), and a unit with more makes the driver run
 /// its rows again in smaller tiles. (With the worst case, a group-by of eight columns ran
 /// on one thread under the default budget.)
 pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64, threads: usize) -> u64 {
@@ -170,10 +206,11 @@ pub(crate) struct Prepared {
     /// Rows the kernels take at a time: the unit, or a whole fraction of it.
     block: u64,
     /// Most groups a unit may hold: each unit of a tile gets an equal share of half the
-    /// budget (no less than the worst case when the tile is the driver's own; a tile larger
-    /// than that, `Cpu::tile_rows`, may fall short); a unit with more groups fails with
-    /// `DeviceOutOfMemory`, and the driver runs its rows again in smaller tiles.
-    group_allowance: usize,
+    /// budget (no less than the worst case when the tile is the driver's own and holds
+    /// several; a tile larger than that, `Cpu::tile_rows`, may fall short); a unit with more
+    /// groups fails with `DeviceOutOfMemory`, and the driver runs its rows again in smaller
+    /// tiles, down to one unit, whose excess refuses the query.
+    group_limit: GroupLimit,
     /// How each block gathers the columns it cannot read in place.
     gather: GatherPlan,
     /// Per statistics entry: read in place from the mapping (an input column stored
@@ -366,11 +403,18 @@ impl Backend for Cpu {
             steps,
             unit,
             block: block_rows(prog, ds),
-            // A tile of several units: each its share (at least the worst case when the
-            // tile is the driver's own, `exec::tile_rows`). One unit: nothing to shrink to.
-            group_allowance: match tile_rows.div_ceil(unit) {
-                0 | 1 => usize::MAX,
-                units => group_allowance(self.budget, units, prog, ds),
+            // Each unit of the tile its share (at least the worst case when the tile is the
+            // driver's own and holds several units, `exec::tile_rows`); a tile of one unit,
+            // like every refusal, no less than 64 MiB's share (a tiny budget sizes tiles).
+            group_limit: {
+                let units = tile_rows.div_ceil(unit).max(1);
+                let budget = if units > 1 { self.budget } else { self.budget.max(crate::exec::MIN_REFUSAL_BUDGET) };
+                GroupLimit {
+                    groups: group_allowance(budget, units, prog, ds),
+                    group_bytes: crate::exec::group_bytes(prog, ds),
+                    unit_rows: unit,
+                    shrinkable: units > 1,
+                }
             },
             gather,
             direct,
@@ -1058,7 +1102,7 @@ fn run_block_impl(
 
     if let Some(key_slot) = prog.key {
         let bufs = GroupBufs { keys, slots, table: key_table, map: key_map, order, gbuf, unit: unit_groups };
-        group_block(views[key_slot], mask, prog.stats.iter().map(source_view), bufs, prep.group_allowance, level)?;
+        group_block(views[key_slot], mask, prog.stats.iter().map(source_view), bufs, prep.group_limit, level)?;
     } else if selected == 0 {
         // What every kernel returns for a block the filter drops whole.
         part.stats = vec![BlockStats::default(); prog.stats.len()];
@@ -1912,7 +1956,7 @@ fn group_block<'a>(
     mask: Option<&[u8]>,
     sources: impl Iterator<Item = View<'a>>,
     bufs: GroupBufs,
-    allowance: usize,
+    limit: GroupLimit,
     level: Level,
 ) -> Result<()> {
     let GroupBufs { keys, slots, table, map, order, gbuf, unit } = bufs;
@@ -1964,12 +2008,7 @@ fn group_block<'a>(
     };
     // The unit's slots so far (an 8-bit key's block may end below an earlier block's).
     let g = direct.map_or(keys.len(), |(_, g)| g).max(unit.groups.len());
-    if g > allowance {
-        return Err(Error::DeviceOutOfMemory {
-            device: "cpu".into(),
-            message: format!("a unit's {g} groups outgrow its share of the memory budget ({allowance} groups)"),
-        });
-    }
+    limit.check(g)?;
     let rows = slot_src.rows(g);
     let key_of = |j: usize| direct.map_or_else(|| keys[j], |(offset, _)| j as i128 - offset as i128);
     unit.add_rows(&rows, key_of);
