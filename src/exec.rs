@@ -146,7 +146,7 @@ fn check_group_result(groups: usize, stats: usize, budget: u64) -> Result<()> {
     Err(Error::plan(format!(
         "the group-by's result outgrows half of the memory budget ({} MiB): {groups} groups of {stats} columns already need {} MiB; \
          raise --memory-budget or select fewer --columns",
-        budget / 2 >> 20,
+        (budget / 2) >> 20,
         need.div_ceil(1 << 20)
     )))
 }
