@@ -94,6 +94,11 @@ impl BlockStats {
             self.nan = nan;
             return;
         }
+        if self.count == self.inf {
+            // No finite value yet (the pivot is a placeholder, the sums ±inf or NaN about
+            // any shift): o's pivot, its first finite value, as one pass would take.
+            self.pivot = o.pivot;
+        }
         let n = o.count as f64;
         let d = o.pivot - self.pivot;
         self.sum_d2 += o.sum_d2 + d * (2.0 * o.sum_d + n * d);

@@ -31,6 +31,10 @@ pub(crate) fn unit_rows(prog: &FusedProgram) -> u64 {
     if prog.key.is_some() { GROUP_BLOCK_ROWS } else { BLOCK_ROWS }
 }
 
+/// The most CPU threads a run may ask for (`RunOptions::threads`): each is an OS thread
+/// with its own stack and buffers, and 100,000 of them aborted the process.
+pub const MAX_THREADS: usize = 1024;
+
 /// The least budget a query is refused against for want of memory (a smaller one only makes
 /// tiles smaller).
 pub(crate) const MIN_REFUSAL_BUDGET: u64 = 64 << 20;
@@ -48,7 +52,7 @@ pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 pub struct RunOptions {
     /// Anonymous memory the run may use for tiles, in bytes (default 256 MiB).
     pub memory_budget: u64,
-    /// CPU threads (`None`: all cores).
+    /// CPU threads, 1 to [`MAX_THREADS`] (`None`: all cores).
     pub threads: Option<usize>,
     /// Set to `true` (e.g. from a SIGINT handler) to stop the run with [`Error::Interrupted`].
     pub cancel: Option<Arc<AtomicBool>>,
@@ -97,13 +101,14 @@ pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64, unit: u6
         let worst = unit.min(keys) * group_bytes(prog, ds);
         units = units.min(budget / 2 / worst);
     }
-    units.clamp(1, (1 << 20) / (unit / BLOCK_ROWS)) * unit
+    units.clamp(1, ((1 << 20) * BLOCK_ROWS / unit).max(1)) * unit
 }
 
 /// The units of a tile whose rows' input columns and output buffers fit the budget (the
 /// other bound of `tile_rows`, for group partials, aside).
 pub(crate) fn row_units(prog: &FusedProgram, ds: &Dataset, budget: u64, unit: u64) -> u64 {
-    let in_bytes: u64 = prog.inputs.iter().map(|&c| ds.columns()[c].dtype.size() as u64).sum();
+    // The bytes a tile maps: a few columns of a wide matrix map its whole rows.
+    let in_bytes = ds.mapped_bytes_per_row(&prog.inputs);
     let out_bytes: u64 = prog.outputs.iter().map(|o| o.dtype.size() as u64).sum();
     let per_row = (in_bytes + 2 * out_bytes).max(1);
     budget / per_row / unit
@@ -242,6 +247,19 @@ fn run_tiles<B: Backend>(
     let mut group_of = KeyMap::new();
     // BOOL columns are checked tile by tile (`Dataset::check_bools`).
     let bool_inputs: Vec<usize> = prog.inputs.iter().copied().filter(|&c| ds.columns()[c].dtype == crate::dtype::DType::Bool).collect();
+    // So are U64 columns that expressions read (`Dataset::check_u64_in_i64`).
+    let mut u64_loads: Vec<usize> = prog
+        .instrs
+        .iter()
+        .filter_map(|i| match *i {
+            crate::program::Instr::Load { slot, .. } if ds.columns()[prog.inputs[slot]].dtype == crate::dtype::DType::U64 => {
+                Some(prog.inputs[slot])
+            }
+            _ => None,
+        })
+        .collect();
+    u64_loads.sort_unstable();
+    u64_loads.dedup();
     let mut tile_out = TileOut::default();
     if sink.is_some() {
         tile_out.columns = prog.outputs.iter().map(|o| vec![0u8; (tile.min(rows.max(1))) as usize * o.dtype.size()]).collect();
@@ -265,6 +283,9 @@ fn run_tiles<B: Backend>(
             }
             for &c in &bool_inputs {
                 ds.check_bools(c, r0, r1)?;
+            }
+            for &c in &u64_loads {
+                ds.check_u64_in_i64(c, r0, r1)?;
             }
             let ticket = match backend.submit(&prep, ds, r0..r1, sink.is_some().then_some(&mut tile_out)) {
                 // The tile's working memory ran short (on the CPU: a unit's groups outgrew

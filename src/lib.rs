@@ -49,7 +49,7 @@ pub use accum::{ColumnStats, Number};
 pub use backend::{Device, GPU_MIN_BYTES};
 pub use dtype::DType;
 pub use error::{Error, Result};
-pub use exec::RunOptions;
+pub use exec::{MAX_THREADS, RunOptions};
 pub use expr::{Expr, col, lit};
 pub use fit::Fit;
 pub use parse::parse_expr;

@@ -388,10 +388,8 @@ impl<'a> Builder<'a> {
                 Ok(self.op(Op::CmpI(cmp), &[ia, ib]))
             }
             (VType::Bool, _) | (_, VType::Bool) => Err(e.error("cannot compare a boolean with a number")),
-            (VType::Int, VType::F32) if is_float_literal(b).is_some() => Ok(self.int_vs_real(ra, cmp, is_float_literal(b).unwrap_or(0.0))),
-            (VType::F32, VType::Int) if is_float_literal(a).is_some() => {
-                Ok(self.int_vs_real(rb, cmp.flip(), is_float_literal(a).unwrap_or(0.0)))
-            }
+            (VType::Int, VType::F32) if let Some(c) = exact_real(b) => Ok(self.int_vs_real(ra, cmp, c)),
+            (VType::F32, VType::Int) if let Some(c) = exact_real(a) => Ok(self.int_vs_real(rb, cmp.flip(), c)),
             _ => self.float_op(Op::CmpF(cmp), &[ra, rb], e),
         }
     }
@@ -481,32 +479,25 @@ impl<'a> Builder<'a> {
     }
 
     /// `x cmp c` for an integer register and a real literal, exactly, as an integer comparison.
-    fn int_vs_real(&mut self, x: Reg, cmp: Cmp, c: f64) -> Reg {
-        if c.is_nan() {
+    fn int_vs_real(&mut self, x: Reg, cmp: Cmp, c: ExactReal) -> Reg {
+        let ExactReal::Finite { floor, ceil } = c else {
             return self.constant(Value::B(false));
-        }
-        const TWO63: f64 = 9_223_372_036_854_775_808.0;
+        };
         // `x < k` etc. with k an integer that may fall outside i64.
         let (cmp, k) = match cmp {
-            Cmp::Lt => (Cmp::Lt, c.ceil()),
-            Cmp::Ge => (Cmp::Ge, c.ceil()),
-            Cmp::Le => (Cmp::Le, c.floor()),
-            Cmp::Gt => (Cmp::Gt, c.floor()),
-            Cmp::Eq | Cmp::Ne => {
-                let integral = c.fract() == 0.0 && (-TWO63..TWO63).contains(&c);
-                if !integral {
-                    return self.constant(Value::B(cmp == Cmp::Ne));
-                }
-                (cmp, c)
-            }
+            Cmp::Lt | Cmp::Ge => (cmp, ceil),
+            Cmp::Le | Cmp::Gt => (cmp, floor),
+            Cmp::Eq | Cmp::Ne if floor != ceil => return self.constant(Value::B(cmp == Cmp::Ne)),
+            Cmp::Eq | Cmp::Ne => (cmp, floor),
         };
-        if k >= TWO63 {
-            return self.constant(Value::B(matches!(cmp, Cmp::Lt | Cmp::Le)));
-        }
-        if k < -TWO63 {
-            return self.constant(Value::B(matches!(cmp, Cmp::Gt | Cmp::Ge)));
-        }
-        let kr = self.constant(Value::I(k as i64));
+        let Ok(k) = i64::try_from(k) else {
+            return self.constant(Value::B(if k > 0 {
+                matches!(cmp, Cmp::Lt | Cmp::Le | Cmp::Ne)
+            } else {
+                matches!(cmp, Cmp::Gt | Cmp::Ge | Cmp::Ne)
+            }));
+        };
+        let kr = self.constant(Value::I(k));
         self.op(Op::CmpI(cmp), &[x, kr])
     }
 
@@ -559,10 +550,95 @@ pub(crate) fn f64_order_key(x: f64) -> i64 {
     }
 }
 
-/// The value of a float literal, also under unary minus.
-fn is_float_literal(e: &Expr) -> Option<f64> {
-    match literal_value(e)? {
-        Exact::F(v) => Some(v),
-        Exact::I(_) => None,
+/// A real literal's exact value, as integers compare with it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ExactReal {
+    /// NaN: no comparison holds.
+    Nan,
+    /// Finite or infinite: the integers just below and above (equal for an integer),
+    /// saturated far beyond i64 for large values and ±inf.
+    Finite { floor: i128, ceil: i128 },
+}
+
+/// The exact value of a float literal, also under unary minus: from the text it was parsed
+/// from, whose decimal digits an f64 may not hold (`id == 9007199254740993.0` rounded the
+/// literal to 2^53 and matched the wrong rows), else from its f64.
+fn exact_real(e: &Expr) -> Option<ExactReal> {
+    let Exact::F(v) = literal_value(e)? else { return None };
+    if v.is_nan() {
+        return Some(ExactReal::Nan);
     }
+    let from_f64 = ExactReal::Finite { floor: v.floor() as i128, ceil: v.ceil() as i128 };
+    // The literal's own node: `-1.5` parses to one literal, `-(1.5)` to a negation of one.
+    let (node, negate) = match &e.kind {
+        ExprKind::Neg(inner) => (&**inner, true),
+        _ => (e, false),
+    };
+    let text = node.source.as_deref().and_then(|src| src.get(node.pos..));
+    let Some(exact) = text.and_then(decimal_floor_ceil) else { return Some(from_f64) };
+    Some(if negate { ExactReal::Finite { floor: -exact.1, ceil: -exact.0 } } else { ExactReal::Finite { floor: exact.0, ceil: exact.1 } })
+}
+
+/// The floor and ceiling of the decimal number at the start of `text`
+/// (`[-]digits[.digits][(e|E)[+-]digits]`, as the parser reads it), exactly; magnitudes
+/// beyond 10^30 saturate there. `None` when `text` does not start with such a number.
+fn decimal_floor_ceil(text: &str) -> Option<(i128, i128)> {
+    const LIMIT: i128 = 1_000_000_000_000_000_000_000_000_000_000;
+    let b = text.as_bytes();
+    let neg = b.first() == Some(&b'-');
+    let mut i = neg as usize;
+    let mut digits: Vec<u8> = Vec::new();
+    let mut frac = 0i64;
+    while i < b.len() && b[i].is_ascii_digit() {
+        digits.push(b[i] - b'0');
+        i += 1;
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        while i < b.len() && b[i].is_ascii_digit() {
+            digits.push(b[i] - b'0');
+            frac += 1;
+            i += 1;
+        }
+    }
+    if digits.is_empty() {
+        return None;
+    }
+    let mut exp = 0i64;
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        let mut j = i + 1;
+        let sign = match b.get(j) {
+            Some(b'-') => {
+                j += 1;
+                -1
+            }
+            Some(b'+') => {
+                j += 1;
+                1
+            }
+            _ => 1,
+        };
+        while j < b.len() && b[j].is_ascii_digit() {
+            exp = (exp * 10 + (b[j] - b'0') as i64).min(1 << 40);
+            j += 1;
+        }
+        exp *= sign;
+    }
+    // value = digits * 10^(exp - frac): the integer part is the digits before `point`.
+    let point = digits.len() as i64 + exp - frac;
+    let (whole, rest) = if point <= 0 {
+        (&digits[..0], &digits[..])
+    } else if point as usize >= digits.len() {
+        (&digits[..], &digits[..0])
+    } else {
+        digits.split_at(point as usize)
+    };
+    let zeros = (point - whole.len() as i64).max(0);
+    let mut int: i128 = 0;
+    for d in whole.iter().copied().chain(std::iter::repeat_n(0, zeros.min(40) as usize)) {
+        int = (int * 10 + d as i128).min(LIMIT);
+    }
+    let fraction = rest.iter().any(|&d| d != 0);
+    let (floor, ceil) = (int, int + fraction as i128);
+    Some(if neg { (-ceil, -floor) } else { (floor, ceil) })
 }

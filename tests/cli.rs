@@ -539,6 +539,29 @@ fn unknown_columns_exit_2_naming_them() {
     run(&["stats", &missing]).fails_one_line(&[&missing]);
 }
 
+/// `--threads` takes 1 to 1024: 0 was taken as 1 silently, and 100,000 threads aborted the
+/// process (exit 134) while 20,000 ran for minutes on a one-row file.
+#[test]
+fn thread_counts_out_of_range_exit_2() {
+    let dir = TempDir::new("threads");
+    let g = gen_data(&dir, "d.safetensors", 10, 1, 5);
+    for n in ["0", "1025", "100000", "many"] {
+        run(&["--threads", n, "stats", &g.path]).fails(&["1 to 1024"]);
+    }
+    run(&["--quiet", "--threads", "1024", "stats", &g.path, "--json"]).json();
+    // The library refuses as well.
+    let ds = tilestream::Dataset::open(&g.path).unwrap();
+    for n in [0, 1025] {
+        let opts = tilestream::RunOptions { threads: Some(n), ..tilestream::RunOptions::default() };
+        let e = ds
+            .lazy()
+            .aggregate([tilestream::all_stats(["f0"])])
+            .collect_with(&tilestream::Device::Cpu, &opts)
+            .expect_err("threads out of range");
+        assert!(e.to_string().contains("1 to 1024"), "{e}");
+    }
+}
+
 // ------------------------------------------------------------------ hist
 
 /// The normative bin of x, or None when x is NaN / below / above.

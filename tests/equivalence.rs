@@ -803,3 +803,82 @@ fn matrix_columns_match_the_same_values_stored_column_by_column() {
         }
     }
 }
+
+/// The columns of a wide row-major matrix are gathered into blocks of fewer rows (a block's
+/// working buffers stay within 8 MiB a thread, `cpu::BLOCK_SCRATCH_BYTES`; 65,536 rows of
+/// [N, 768] f32 took 200 MB a thread), whose groups an 8-bit key's unit joins: statistics,
+/// filtered or grouped by 8- and 32-bit keys, over a [70,001, 300] f32 tensor with NaN/±inf
+/// give the reference's values, and the same bits for every tile size and thread count.
+#[test]
+fn wide_matrices_are_read_in_smaller_blocks() {
+    let seed = seed("wide_matrices_are_read_in_smaller_blocks");
+    let mut rng = Rng::new(seed);
+    let dir = TempDir::new("widematrix");
+    let (rows, k) = (70_001usize, 300usize);
+    let x: Vec<f32> = (0..rows * k).map(|_| awkward(&mut rng, 0.002) as f32).collect();
+    let k8: Vec<u8> = (0..rows).map(|_| (rng.uniform() * rng.uniform() * 40.0) as u8).collect();
+    let k32: Vec<i32> = (0..rows).map(|_| (rng.uniform() * 900.0) as i32 - 450).collect();
+    let path = dir.path("wide.safetensors");
+    write_safetensors_tensors(
+        &path,
+        &[
+            ("x", DType::F32, vec![rows, k], bytemuck::cast_slice(&x).to_vec()),
+            ("k8", DType::U8, vec![rows], k8),
+            ("k32", DType::I32, vec![rows], bytemuck::cast_slice(&k32).to_vec()),
+        ],
+    );
+    drop(x);
+    let ds = Dataset::open(&path).unwrap();
+    let some: Vec<String> = (0..k).step_by(7).map(|j| format!("x:{j}")).collect();
+    let pred = col("x:1").gt(lit(0.0));
+    let all_rows: Vec<u64> = (0..rows as u64).collect();
+    let kept = reference::selected_rows(&ds, std::slice::from_ref(&pred), &[]);
+    let opts = [
+        RunOptions::default(),
+        RunOptions { memory_budget: 1, threads: Some(1), ..RunOptions::default() },
+        RunOptions { memory_budget: 1 << 30, threads: Some(3), ..RunOptions::default() },
+    ];
+    for (what, filtered, key, names) in [
+        ("stats of every column", false, None, (0..k).map(|j| format!("x:{j}")).collect::<Vec<_>>()),
+        ("filtered stats", true, None, some.clone()),
+        ("by k8", false, Some("k8"), some.clone()),
+        ("filtered by k8", true, Some("k8"), some.clone()),
+        ("by k32", false, Some("k32"), some.clone()),
+    ] {
+        let sel = if filtered { &kept } else { &all_rows };
+        let mut first: Option<String> = None;
+        for o in &opts {
+            let mut lf = ds.lazy();
+            if filtered {
+                lf = lf.filter(pred.clone());
+            }
+            let text = match key {
+                None => {
+                    let r = lf.aggregate([all_stats(names.clone())]).collect_with(&Device::Cpu, o).unwrap();
+                    if first.is_none() {
+                        for (n, s) in &r.columns {
+                            check_stats(&format!("{what}: {n}"), s, &raw_values(&ds, n, sel));
+                        }
+                    }
+                    format!("{:?}", r.columns)
+                }
+                Some(key) => {
+                    let g = lf.group_by(key).aggregate([all_stats(names.clone())]).collect_with(&Device::Cpu, o).unwrap();
+                    if first.is_none() {
+                        let kc = ds.column_index(key).unwrap();
+                        let mut want = std::collections::BTreeMap::<i128, Vec<u64>>::new();
+                        for &r in sel {
+                            want.entry(reference::raw_f64(&ds, kc, r) as i128).or_default().push(r);
+                        }
+                        check_groups(what, &g.groups, &want, &ds);
+                    }
+                    format!("{:?}", g.groups)
+                }
+            };
+            match &first {
+                Some(f) => assert_eq!(f, &text, "{what}: results depend on the tile size or threads ({o:?})"),
+                None => first = Some(text),
+            }
+        }
+    }
+}

@@ -311,3 +311,70 @@ fn group_by_state_beyond_the_budget_is_refused() {
     assert_eq!(run(17_000, 1).ok(), Some(17_000));
     assert_eq!(run(30_000, 128 << 20).ok(), Some(30_000));
 }
+
+/// A decimal literal compares with an integer column by its exact value, not rounded to an
+/// f64 first: `id == 9007199254740993.0` matched the row holding 2^53, not those of 2^53 + 1.
+#[test]
+fn integer_columns_compare_with_the_exact_decimal_literal() {
+    let dir = TempDir::new("declit");
+    let ids: Vec<i64> = vec![1 << 53, (1 << 53) + 1, (1 << 53) + 1, 16_777_217, -5, i64::MIN, i64::MAX];
+    let path = dir.path("ids.safetensors");
+    let v: Vec<f32> = (0..ids.len()).map(|i| i as f32).collect();
+    let id = ColData { name: "id".into(), dtype: DType::I64, bytes: bytemuck::cast_slice(&ids).to_vec() };
+    write_safetensors(&path, ids.len(), &[id, f32_col("v", &v)]);
+    let ds = Dataset::open(&path).unwrap();
+    let cases: &[(&str, u64)] = &[
+        ("id == 9007199254740993.0", 2),
+        ("id == 9.007199254740993e15", 2),
+        ("id == 90071992547409930e-1", 2),
+        ("id < 9007199254740992.9", 4),
+        ("id <= 9007199254740992.9", 4),
+        ("id > 9007199254740992.9", 3),
+        ("id >= 9007199254740993.00000000000000000001", 1),
+        ("id > -5.5", 6),
+        ("id < -5.5", 1),
+        ("id == -5.0e0", 1),
+        ("-5.000000000000000000001 < id", 6),
+        ("-(9007199254740993.0) > id", 1),
+        ("id != 16777217.5", 7),
+        ("id == 1e-400", 0),
+        ("id >= 1e-400", 5),
+        ("id < 9.3e18", 7),
+        ("id > -9.3e18", 7),
+    ];
+    for dev in all_devices() {
+        for &(text, want) in cases {
+            let r = ds.lazy().filter(parse_expr(text).unwrap()).aggregate([all_stats(["v"])]).collect(&dev).unwrap();
+            assert_eq!(r.rows_selected, want, "{text} on {dev:?}");
+        }
+    }
+}
+
+/// A u64 value above i64::MAX cannot enter an expression, which computes integers in i64:
+/// `--with v=u` wrote i64::MAX for 2^64 - 1 and 2^63 (overflow count 0), and a filter
+/// compared i64::MAX. Such a query is refused, naming the row; statistics and group-bys of
+/// the column, which read it exactly, still run.
+#[test]
+fn u64_values_beyond_i64_are_refused_in_expressions() {
+    let dir = TempDir::new("u64expr");
+    let big: Vec<u64> = vec![5, u64::MAX, 1 << 63, (1 << 63) - 1];
+    let small: Vec<u64> = vec![5, 7, (1 << 63) - 1, 0];
+    let path = dir.path("u.safetensors");
+    let u64_col = |name: &str, v: &[u64]| ColData { name: name.into(), dtype: DType::U64, bytes: bytemuck::cast_slice(v).to_vec() };
+    write_safetensors(&path, 4, &[u64_col("u", &big), u64_col("s", &small), f32_col("f", &[1.0, 2.0, 3.0, 4.0])]);
+    let ds = Dataset::open(&path).unwrap();
+    for dev in all_devices() {
+        let e = ds.lazy().filter(parse_expr("u > 3").unwrap()).aggregate([all_stats(["f"])]).collect(&dev).expect_err("u > 3").to_string();
+        assert!(e.contains("`u`") && e.contains("18446744073709551615 at row 1"), "{dev:?}: {e}");
+        let t = Transform { with: vec![("v".into(), parse_expr("u").unwrap())], ..Transform::default() };
+        let out = dir.path("o.safetensors");
+        let e = ds.lazy().transform(t).sink(&out, &SinkOptions::default(), &dev, &RunOptions::default()).expect_err("--with v=u");
+        assert!(e.to_string().contains("at row 1"), "{dev:?}: {e}");
+        assert!(!out.exists(), "{dev:?}: a refused transform left {}", out.display());
+        // Values within i64 pass; the column's own statistics stay exact.
+        let r = ds.lazy().filter(parse_expr("s > 6").unwrap()).aggregate([all_stats(["f"])]).collect(&dev).unwrap();
+        assert_eq!(r.rows_selected, 2, "{dev:?}");
+    }
+    let r = ds.lazy().aggregate([all_stats(["u"])]).collect(&Device::Cpu).unwrap();
+    assert_eq!(r.column("u").unwrap().max, Some(tilestream::Number::Int(u64::MAX as i128)));
+}

@@ -76,9 +76,12 @@ impl Cpu {
     pub(crate) fn new(threads: Option<usize>, budget: u64) -> Result<Cpu> {
         let pool = match threads {
             None => None,
+            Some(n) if !(1..=crate::exec::MAX_THREADS).contains(&n) => {
+                return Err(Error::plan(format!("{n} threads asked for: a run takes 1 to {}", crate::exec::MAX_THREADS)));
+            }
             Some(n) => Some(
                 rayon::ThreadPoolBuilder::new()
-                    .num_threads(n.max(1))
+                    .num_threads(n)
                     .build()
                     .map_err(|e| Error::plan(format!("cannot start {n} threads: {e}")))?,
             ),
@@ -104,9 +107,10 @@ impl Cpu {
 /// one thread block there, and fewer would leave a large GPU idle.
 pub(crate) const CPU_GROUP_BLOCK_ROWS: u64 = 4 * GROUP_BLOCK_ROWS;
 
-/// Rows a block's kernels take at a time on the CPU: `CPU_GROUP_BLOCK_ROWS` for a group-by
-/// without instructions whose columns `make_view` reads in place, else the GPUs' unit.
-fn block_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
+/// Rows a block's kernels would take at a time on the CPU were its working buffers small:
+/// `CPU_GROUP_BLOCK_ROWS` for a group-by without instructions whose columns `make_view`
+/// reads in place, else the GPUs' unit.
+fn natural_block_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
     let read_as_is = |&c: &usize| {
         let col = &ds.columns()[c];
         !matches!(col.dtype, DType::F16 | DType::BF16) && zero_copy(col)
@@ -116,6 +120,44 @@ fn block_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
     } else {
         crate::exec::unit_rows(prog)
     }
+}
+
+/// Most bytes of working buffers one thread's block may hold (its gathered and converted
+/// columns, its expressions' values): a group-by over a row-major [N, 768] f32 matrix (a
+/// table of embeddings) gathered 65,536 rows at a time held 200 MB per thread, whatever
+/// the budget. Fixed rather than taken from the budget, so that the blocks, and the bits
+/// of every result, are the same under any budget.
+const BLOCK_SCRATCH_BYTES: u64 = 8 << 20;
+
+/// The fewest rows of a block, however wide its rows.
+const MIN_BLOCK_ROWS: u64 = 64;
+
+/// Rows a block's kernels take at a time on the CPU: `natural_block_rows`, halved while
+/// the block's working buffers exceed `BLOCK_SCRATCH_BYTES`.
+fn block_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
+    let per_row = block_bytes_per_row(prog, ds);
+    let mut rows = natural_block_rows(prog, ds);
+    while rows > MIN_BLOCK_ROWS && rows * per_row > BLOCK_SCRATCH_BYTES {
+        rows /= 2;
+    }
+    rows
+}
+
+/// Bytes per row of a block's working buffers, at most: each gathered column's values, an
+/// f32 per f16/bf16 value, 8 bytes per expression register, and 16 for key slots, group
+/// order and selected rows.
+fn block_bytes_per_row(prog: &FusedProgram, ds: &Dataset) -> u64 {
+    let inputs: u64 = prog
+        .inputs
+        .iter()
+        .map(|&c| {
+            let col = &ds.columns()[c];
+            let gathered = if zero_copy(col) { 0 } else { col.dtype.size() as u64 };
+            let converted = if matches!(col.dtype, DType::F16 | DType::BF16) { 4 } else { 0 };
+            gathered + converted
+        })
+        .sum();
+    inputs + 8 * prog.instrs.len() as u64 + 16
 }
 
 /// Rows per partial of a group-by whose key is wider than 8 bits, on the CPU: its blocks
@@ -188,13 +230,32 @@ pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64, threads:
 }
 
 /// Rows per partial of a program on the CPU: `WIDE_KEY_UNIT_ROWS` for a group-by by a key
-/// wider than 8 bits, else a block (`block_rows`).
+/// wider than 8 bits, a block's natural rows for one by an 8-bit key
+/// (`natural_block_rows`), else a block (`block_rows`).
 pub(crate) fn unit_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
-    match prog.key {
+    let unit = match prog.key {
         Some(k) if ds.columns()[prog.inputs[k]].dtype.size() > 1 && prog.outputs.is_empty() => WIDE_KEY_UNIT_ROWS,
-        _ => block_rows(prog, ds),
+        // Wide rows make blocks smaller, not the partials of an 8-bit key more numerous:
+        // a unit's blocks join their groups.
+        Some(_) => natural_block_rows(prog, ds),
+        None => return block_rows(prog, ds),
+    };
+    // A tile holds at least one unit: rows of a wide matrix must not make it map gigabytes.
+    let per_row = ds.mapped_bytes_per_row(&prog.inputs);
+    let mut rows = unit;
+    while rows > MIN_BLOCK_ROWS && rows * per_row > UNIT_MAPPED_BYTES {
+        rows /= 2;
     }
+    rows
 }
+
+/// Most bytes of the files a group-by's unit may span (`Dataset::mapped_bytes_per_row`):
+/// 2,097,152 rows of a [N, 768] f32 matrix are 6 GiB, and a tile holds at least a unit.
+/// As much as the default budget, so that the usual group-bys keep their units (a unit of
+/// half the rows made one of 60,000 keys over eight f32 columns 45 % slower); fixed rather
+/// than taken from the budget, so that units, and the bits of every result, are the same
+/// under any budget.
+const UNIT_MAPPED_BYTES: u64 = 256 << 20;
 
 /// A program checked against the dataset.
 pub(crate) struct Prepared {
@@ -402,7 +463,7 @@ impl Backend for Cpu {
             dtypes,
             steps,
             unit,
-            block: block_rows(prog, ds),
+            block: block_rows(prog, ds).min(unit),
             // Each unit of the tile its share (at least the worst case when the tile is the
             // driver's own and holds several units, `exec::tile_rows`); a tile of one unit,
             // like every refusal, no less than 64 MiB's share (a tiny budget sizes tiles).

@@ -41,8 +41,8 @@ struct Global {
     /// Memory for tiles, e.g. 256MiB, 1GiB, 512KiB.
     #[arg(long, global = true, default_value = "256MiB", value_parser = parse_size)]
     memory_budget: u64,
-    /// CPU threads (default: all cores).
-    #[arg(long, global = true)]
+    /// CPU threads, 1 to 1024 (default: all cores).
+    #[arg(long, global = true, value_parser = parse_threads)]
     threads: Option<usize>,
     /// No progress bars or notes on stderr.
     #[arg(long, global = true)]
@@ -195,6 +195,13 @@ struct TransformArgs {
     /// One JSON line on stdout: rows written and per-column NaN/overflow counts.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=tilestream::MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a thread count from 1 to {}", tilestream::MAX_THREADS)),
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -416,7 +423,7 @@ fn run(cli: &Cli, cancel: &Arc<AtomicBool>) -> Result<()> {
     // need no device never start a GPU driver.
     let device = if g.device == "auto" { Device::Cpu } else { Device::from_name(&g.device)? };
     // --threads sizes the global pool once, rather than a pool per pass.
-    let pooled = g.threads.is_some_and(|n| rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().is_ok());
+    let pooled = g.threads.is_some_and(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build_global().is_ok());
     let threads = if pooled { None } else { g.threads };
     let opts = RunOptions { memory_budget: g.memory_budget, threads, cancel: Some(Arc::clone(cancel)), progress: None };
     let ctx = Ctx { device, auto: g.device == "auto", opts, quiet: g.quiet, raw: g.raw };

@@ -201,14 +201,14 @@ impl Dataset {
     /// with 4 KiB pages, each faulted in later: after a cold read of 537 MB, stats passes
     /// took 0.059–0.067 s that way and take 0.028–0.033 s now (2 cores, ext4).
     pub(crate) fn read_ahead(&self, columns: &[usize], r0: u64, r1: u64) {
-        for &c in columns {
-            self.advise(c, r0, r1, |m, off, len| {
-                #[cfg(target_os = "linux")]
-                if m.advise_range(Advice::PopulateRead, off, len).is_ok() {
-                    return;
-                }
-                let _ = m.advise_range(Advice::WillNeed, off, len);
-            });
+        let ranges = self.merged_ranges(columns, |c| self.rows_range(c, r0, r1));
+        for (file, start, end) in ranges {
+            let Some(m) = self.files[file].map.as_ref() else { continue };
+            #[cfg(target_os = "linux")]
+            if m.advise_range(Advice::PopulateRead, start, end - start).is_ok() {
+                continue;
+            }
+            let _ = m.advise_range(Advice::WillNeed, start, end - start);
         }
     }
 
@@ -224,29 +224,76 @@ impl Dataset {
     /// one (page-table work in every tile at each column's two ends). Bytes around a column
     /// (another column's rows) may be released early; reading them faults them back in.
     pub(crate) fn done_with(&self, columns: &[usize], r0: u64, r1: u64) {
-        for &c in columns {
+        let ranges = self.merged_ranges(columns, |c| {
             let col = &self.columns[c];
-            let Some(map) = self.files[col.file].map.as_ref() else { continue };
-            if let Some((start, end)) = release_range(col, r0, r1, self.rows, map.len()) {
-                // SAFETY: the mapping is read-only and shared; DONTNEED only drops our page
-                // table entries, and later reads fault the same file pages back in.
-                let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
-            }
+            let map = self.files[col.file].map.as_ref()?;
+            release_range(col, r0, r1, self.rows, map.len())
+        });
+        for (file, start, end) in ranges {
+            let Some(map) = self.files[file].map.as_ref() else { continue };
+            // SAFETY: the mapping is read-only and shared; DONTNEED only drops our page
+            // table entries, and later reads fault the same file pages back in.
+            let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
         }
     }
 
-    fn advise(&self, c: usize, r0: u64, r1: u64, f: impl Fn(&Mmap, usize, usize)) {
-        let col = &self.columns[c];
-        let Some(map) = self.files[col.file].map.as_ref() else { return };
-        if r1 <= r0 {
-            return;
+    /// Bytes of the files that each row of `columns` spans: a contiguous column's value, and
+    /// once per row-major matrix its row (its columns' values lie within one stride), however
+    /// few of its columns are read: a tile of rows maps that many bytes.
+    pub(crate) fn mapped_bytes_per_row(&self, columns: &[usize]) -> u64 {
+        let mut strided: Vec<(usize, u64, u64)> = Vec::new();
+        let mut bytes = 0;
+        for &c in columns {
+            let col = &self.columns[c];
+            if col.is_contiguous() {
+                bytes += col.stride;
+            } else {
+                strided.push((col.file, col.stride, col.offset));
+            }
         }
+        strided.sort_unstable();
+        strided.dedup();
+        // Columns of one file and stride whose offsets lie within a stride of the first of
+        // their run belong to one matrix (or overlap as much).
+        let mut run: Option<(usize, u64, u64)> = None;
+        for (file, stride, offset) in strided {
+            if run.is_none_or(|(f, s, first)| f != file || s != stride || offset >= first + stride) {
+                bytes += stride;
+                run = Some((file, stride, offset));
+            }
+        }
+        bytes
+    }
+
+    /// The whole pages of column `c`'s mapping that rows `[r0, r1)` span.
+    fn rows_range(&self, c: usize, r0: u64, r1: u64) -> Option<(usize, usize)> {
         const PAGE: usize = 4096;
+        let col = &self.columns[c];
+        let map = self.files[col.file].map.as_ref()?;
+        if r1 <= r0 {
+            return None;
+        }
         let start = (col.offset + r0 * col.stride) as usize;
         let end = ((col.offset + (r1 - 1) * col.stride) as usize + col.dtype.size()).min(map.len());
-        let start_page = start / PAGE * PAGE;
-        let end_page = end.div_ceil(PAGE) * PAGE;
-        f(map, start_page, end_page.min(map.len()) - start_page);
+        Some((start / PAGE * PAGE, (end.div_ceil(PAGE) * PAGE).min(map.len())))
+    }
+
+    /// The byte ranges of `columns` (from `range`), per file, with those that overlap or
+    /// touch merged: the columns of a row-major matrix span the same pages, and advising
+    /// them column by column made the pager walk a [N, 768] matrix's tile 768 times (it fell
+    /// behind, and the pages it was to release stayed mapped: the whole file).
+    fn merged_ranges(&self, columns: &[usize], range: impl Fn(usize) -> Option<(usize, usize)>) -> Vec<(usize, usize, usize)> {
+        let mut ranges: Vec<(usize, usize, usize)> =
+            columns.iter().filter_map(|&c| range(c).map(|(start, end)| (self.columns[c].file, start, end))).collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(usize, usize, usize)> = Vec::with_capacity(ranges.len());
+        for (file, start, end) in ranges {
+            match merged.last_mut() {
+                Some(last) if last.0 == file && start <= last.2 => last.2 = last.2.max(end),
+                _ => merged.push((file, start, end)),
+            }
+        }
+        merged
     }
 
     /// Fails unless rows `[r0, r1)` of BOOL column `c` hold only the bytes 0 and 1: numpy
@@ -268,6 +315,36 @@ impl Dataset {
         Err(Error::format(
             &self.files[col.file].path,
             format!("column `{}` holds byte {b} at row {}; a BOOL is 0 or 1", col.name, r0 + i as u64),
+        ))
+    }
+
+    /// Fails unless rows `[r0, r1)` of U64 column `c` hold only values up to i64::MAX:
+    /// expressions compute integers in i64, where larger ones would turn into i64::MAX (a
+    /// filter comparing the wrong value, a `--with` copy writing it).
+    pub(crate) fn check_u64_in_i64(&self, c: usize, r0: u64, r1: u64) -> Result<()> {
+        let col = &self.columns[c];
+        let span = self.column_span(c, r0, r1);
+        let stride = col.stride as usize;
+        // Little-endian: byte 7 of a value holds its top bit.
+        let any_large = if col.is_contiguous() {
+            span.chunks_exact(8).fold(0u8, |m, v| m | v[7]) >= 0x80
+        } else {
+            span.iter().skip(7).step_by(stride).any(|&b| b >= 0x80)
+        };
+        if !any_large {
+            return Ok(());
+        }
+        let value = |i: usize| u64::from_le_bytes(span[i * stride..][..8].try_into().unwrap_or([0; 8]));
+        let rows = (r1 - r0) as usize;
+        let i = (0..rows).find(|&i| value(i) > i64::MAX as u64).unwrap_or(0);
+        Err(Error::format(
+            &self.files[col.file].path,
+            format!(
+                "column `{}` holds {} at row {}, above i64::MAX: expressions (--where, --with) compute integers in i64 and cannot read it",
+                col.name,
+                value(i),
+                r0 + i as u64
+            ),
         ))
     }
 

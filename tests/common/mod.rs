@@ -106,6 +106,28 @@ pub fn write_safetensors(path: &Path, rows: usize, cols: &[ColData]) {
     w.finish().expect("finish");
 }
 
+/// Writes a safetensors file of tensors of any shape, `(name, dtype, shape, bytes)`, in order.
+#[allow(dead_code)] // not every test binary writes tensors of more than one dimension
+pub fn write_safetensors_tensors(path: &Path, tensors: &[(&str, DType, Vec<usize>, Vec<u8>)]) {
+    let mut header = serde_json::Map::new();
+    let mut at = 0;
+    for (name, dtype, shape, bytes) in tensors {
+        let entry = serde_json::json!({"dtype": dtype.safetensors_name(), "shape": shape, "data_offsets": [at, at + bytes.len()]});
+        header.insert(name.to_string(), entry);
+        at += bytes.len();
+    }
+    let mut text = serde_json::Value::Object(header).to_string();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    for (_, _, _, bytes) in tensors {
+        out.extend_from_slice(bytes);
+    }
+    std::fs::write(path, out).expect("write safetensors");
+}
+
 /// Units in the last place between two f32 values (0 when both are NaN).
 pub fn ulp_f32(a: f32, b: f32) -> u32 {
     if a.is_nan() && b.is_nan() {
