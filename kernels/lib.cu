@@ -105,6 +105,16 @@ __device__ __forceinline__ float d_to_f32(double x) {
     return __double2float_rn(x);
 }
 
+// f64 to f32 rounded to odd (truncated, the last bit set when inexact; ±FLT_MAX beyond
+// the range): rounded on to f16 or bf16 to nearest even, it gives the f64's own nearest
+// value, where two roundings to nearest may not (`f32_round_odd` on the host).
+__device__ __forceinline__ float d_to_f32_odd(double x) {
+    const float f = d_to_f32(x);
+    if (d_is_nan(x) || (double)f == x) return f;
+    const u32 b = __float_as_uint(f) - (fabs((double)f) > fabs(x) ? 1u : 0u);
+    return __uint_as_float(b | 1u);
+}
+
 // The order key of an f64's bits (`f64_order_key` on the host): f64 values compare as the
 // floats do (-0 made 0; NaN keys lie outside those of -inf..=inf).
 __device__ __forceinline__ i64 f64_order_key(u64 b) {

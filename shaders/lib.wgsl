@@ -207,6 +207,19 @@ fn d_to_f32(x: vec2<u32>) -> f32 {
     return bitcast<f32>(sign | q);
 }
 
+// f64 to f32 rounded to odd (truncated, the last bit set when inexact; ±f32 max beyond the
+// range): rounded on to f16 or bf16 to nearest even, it gives the f64's own nearest value,
+// where two roundings to nearest may not (`f32_round_odd` on the host).
+fn d_to_f32_odd(x: vec2<u32>) -> f32 {
+    let f = d_to_f32(x);
+    if (d_is_nan(x)) { return f; }
+    let back = f_to_d(f);
+    if (back.x == x.x && back.y == x.y) { return f; }
+    var b = bitcast<u32>(f);
+    if (u64_lt(vec2<u32>(x.x, x.y & 0x7fffffffu), vec2<u32>(back.x, back.y & 0x7fffffffu))) { b = b - 1u; }
+    return bitcast<f32>(b | 1u);
+}
+
 // An f32 as f64 bits (exact).
 fn f_to_d(x: f32) -> vec2<u32> {
     let b = bitcast<u32>(x);

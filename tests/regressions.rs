@@ -378,3 +378,55 @@ fn u64_values_beyond_i64_are_refused_in_expressions() {
     let r = ds.lazy().aggregate([all_stats(["u"])]).collect(&Device::Cpu).unwrap();
     assert_eq!(r.column("u").unwrap().max, Some(tilestream::Number::Int(u64::MAX as i128)));
 }
+
+/// An f64 column cast to f16 or bf16 is rounded once, to its own nearest value: it went
+/// through f32 (two roundings to nearest), so a value just above the midpoint of two f16s
+/// that f32 rounds onto the midpoint fell to the even one (162.68749623224357 gave 162.75,
+/// numpy 162.625; the `half` crate's `from_f64` does the same). Every value here is such a
+/// hazard, with its right answer by construction, and every device writes those bits.
+#[test]
+fn f64_columns_cast_to_f16_and_bf16_round_once() {
+    let s = seed("f64_columns_cast_to_f16_and_bf16_round_once");
+    let mut rng = tilestream::synth::Rng::new(s);
+    let dir = TempDir::new("castonce");
+    // Midpoints of neighbouring f16 (or bf16) values, nudged by a quarter of an f32 ulp
+    // towards the odd one: the right answer, where a tie through f32 goes to the even one.
+    let hazards = |value: fn(u16) -> f64, top: u16, rng: &mut tilestream::synth::Rng| -> (Vec<f64>, Vec<u16>) {
+        let (mut xs, mut want) = (Vec::new(), Vec::new());
+        while xs.len() < 4000 {
+            let h = (rng.next_u64() % top as u64) as u16;
+            let mid = (value(h) + value(h + 1)) / 2.0;
+            let ulp = f32::from_bits((mid as f32).to_bits() + 1) as f64 - mid;
+            let (x, odd) = if h.is_multiple_of(2) { (mid + ulp / 4.0, h + 1) } else { (mid - ulp / 4.0, h) };
+            let negative = rng.next_u64().is_multiple_of(2);
+            xs.push(if negative { -x } else { x });
+            want.push(odd | if negative { 0x8000 } else { 0 });
+        }
+        (xs, want)
+    };
+    let (mut f16s, mut f16_want) = hazards(|h| half::f16::from_bits(h).to_f64(), 0x7bff, &mut rng);
+    // The two values QA found (numpy's answers).
+    f16s.extend([162.68749623224357, 0.9226074134592537]);
+    f16_want.extend([0x5915, 0x3b61]);
+    let (mut bf16s, mut bf16_want) = hazards(|h| half::bf16::from_bits(h).to_f64(), 0x7f7f, &mut rng);
+    bf16s.extend([0.0, 0.0]);
+    bf16_want.extend([0, 0]);
+    // Through f32 every one of them lands on the other neighbour.
+    assert!(f16s.iter().zip(&f16_want).all(|(&x, &w)| half::f16::from_f32(x as f32).to_bits() != w || x == 0.0));
+    let path = dir.path("d.safetensors");
+    let col = |name: &str, v: &[f64]| ColData { name: name.into(), dtype: DType::F64, bytes: bytemuck::cast_slice(v).to_vec() };
+    write_safetensors(&path, f16s.len(), &[col("a", &f16s), col("b", &bf16s)]);
+    let ds = Dataset::open(&path).unwrap();
+    for (dtype, name, want) in [(DType::F16, "a", &f16_want), (DType::BF16, "b", &bf16_want)] {
+        for dev in all_devices() {
+            let out = dir.path("o.safetensors");
+            let t = Transform { select: Some(vec![name.into()]), cast: Some(dtype), ..Transform::default() };
+            ds.lazy().transform(t).sink(&out, &SinkOptions { force: true }, &dev, &RunOptions::default()).unwrap();
+            let bytes = std::fs::read(&out).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let got: Vec<u16> = st.tensor(name).unwrap().data().chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+            let wrong: Vec<_> = got.iter().zip(want.iter()).enumerate().filter(|(_, (g, w))| g != w).take(3).collect();
+            assert!(wrong.is_empty(), "{dtype:?} on {dev:?}: not rounded once (row, got, want): {wrong:?}");
+        }
+    }
+}

@@ -614,9 +614,11 @@ impl Gen<'_> {
                     }
                     _ => {
                         let x = self.f64_value(spec.source, offs)?;
+                        // Rounded once to f16/bf16 (`d_to_f32_odd`), as on the host.
+                        let to_f32 = if matches!(spec.dtype, DType::F16 | DType::BF16) { "d_to_f32_odd" } else { "d_to_f32" };
                         let _ = writeln!(
                             c,
-                            "        const double y = {};\n        float f = d_to_f32(y);\n        bool over = d_is_finite(y) && f_is_inf(f);",
+                            "        const double y = {};\n        float f = {to_f32}(y);\n        bool over = d_is_finite(y) && f_is_inf(f);",
                             scaled(spec.scale, &x)
                         );
                     }

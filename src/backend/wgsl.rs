@@ -721,6 +721,8 @@ impl Gen<'_> {
         };
         let plain = match dom {
             Domain::F32 => "x".to_string(),
+            // Rounded once to f16/bf16 (`d_to_f32_odd`), as on the CPU.
+            Domain::F64 if matches!(spec.dtype, DType::F16 | DType::BF16) => "d_to_f32_odd(x)".to_string(),
             Domain::F64 => "d_to_f32(x)".to_string(),
             Domain::Int => "i64_to_f32(x)".to_string(),
             Domain::U64 => "bitcast<f32>(u64_to_f32_bits(x))".to_string(),
