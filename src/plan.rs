@@ -549,7 +549,10 @@ impl TransformQuery {
         let ds = &lf.ds;
         let mut out_cols: Vec<String> = match &t.select {
             Some(sel) => {
-                for s in sel {
+                for (i, s) in sel.iter().enumerate() {
+                    if sel[..i].contains(s) {
+                        return Err(Error::plan(format!("--select lists `{s}` twice")));
+                    }
                     if !t.with.iter().any(|(n, _)| n == s) {
                         ds.column_index(s)?;
                     }
@@ -817,16 +820,17 @@ fn write_program(lf: &LazyFrame, fit: &Fit) -> Result<(FusedProgram, LazyFrame)>
         };
         let dtype = if float { fit.cast.unwrap_or(dtype) } else { dtype };
         // A finite fill value the output type cannot hold would be written as inf (the
-        // kernels round it to f32 first, then to a half type).
+        // kernels round it to f32 first, `fill_f32`, then to a half type).
         if let Some(v) = fit.fill_nan.filter(|v| float && v.is_finite()) {
+            let f = crate::backend::cpu::fill_f32(v, dtype);
             let fits = match dtype {
-                DType::F32 => (v as f32).is_finite(),
-                DType::F16 => half::f16::from_f32(v as f32).is_finite(),
-                DType::BF16 => half::bf16::from_f32(v as f32).is_finite(),
+                DType::F32 => f.is_finite(),
+                DType::F16 => half::f16::from_f32(f).is_finite(),
+                DType::BF16 => half::bf16::from_f32(f).is_finite(),
                 _ => true,
             };
             if !fits {
-                return Err(Error::plan(format!("--fill-nan {v} does not fit in {dtype} (column `{name}`): it would be written as inf")));
+                return Err(Error::plan(format!("--fill-nan {v:?} does not fit in {dtype} (column `{name}`): it would be written as inf")));
             }
         }
         b.prog.outputs.push(OutSpec { name, source: src, scale, fill_nan: if float { fit.fill_nan } else { None }, dtype });

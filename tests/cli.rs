@@ -562,6 +562,20 @@ fn thread_counts_out_of_range_exit_2() {
     }
 }
 
+/// `--select` naming a column twice is refused like `--columns` (it was accepted silently),
+/// and a fill value too large for the output type is named as given (1e39 was printed as
+/// forty digits).
+#[test]
+fn transform_mistakes_name_what_was_given() {
+    let dir = TempDir::new("tmistakes");
+    let g = gen_data(&dir, "d.safetensors", 10, 2, 9);
+    let out = dir.s("o.safetensors");
+    run(&["transform", &g.path, "-o", &out, "--select", "f0,f1,f0"]).fails(&["`f0` twice"]);
+    run(&["transform", &g.path, "-o", &out, "--fill-nan", "1e39"]).fails_one_line(&["1e39", "f32"]);
+    run(&["transform", &g.path, "-o", &out, "--fill-nan", "65520", "--cast", "f16"]).fails_one_line(&["65520", "f16"]);
+    assert!(!Path::new(&out).exists());
+}
+
 // ------------------------------------------------------------------ hist
 
 /// The normative bin of x, or None when x is NaN / below / above.
@@ -1085,13 +1099,15 @@ fn fit_files_apply_to_any_file_and_are_checked() {
     let e = run(&["transform", &a, "-o", &dir.s("missing/o.safetensors")]).fails_one_line(&["missing/o.safetensors"]).to_string();
     assert!(!e.contains(".tmp"), "{e}");
     // Fill values the output type cannot hold.
-    // (65519.999 rounds to 65504 in f16 directly, but to 65520 in f32 first, then to inf.)
-    for (v, cast) in [("1e300", "f32"), ("1e6", "f16"), ("65519.999", "f16"), ("1e39", "bf16")] {
+    // (65520, halfway between f16's largest value and 2^16, rounds to inf; 65519.999 is
+    // rounded once, to 65504, though f32 would round it to 65520 on the way.)
+    for (v, cast) in [("1e300", "f32"), ("1e6", "f16"), ("65520", "f16"), ("1e39", "bf16")] {
         let o = dir.s("fill.safetensors");
         run(&["transform", &a, "-o", &o, "--fill-nan", v, "--cast", cast]).fails_one_line(&["--fill-nan", cast]);
         assert!(!Path::new(&o).exists());
     }
     run(&["transform", &a, "-o", &dir.s("fill_ok.safetensors"), "--fill-nan", "65504", "--cast", "f16"]).ok();
+    run(&["transform", &a, "-o", &dir.s("fill_ok2.safetensors"), "--fill-nan", "65519.999", "--cast", "f16"]).ok();
 }
 
 #[test]

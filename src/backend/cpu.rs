@@ -2553,7 +2553,7 @@ fn write_output(
                 }),
             }
             if let Some(fill) = spec.fill_nan {
-                let fill = fill as f32;
+                let fill = fill_f32(fill, dtype);
                 fbuf.iter_mut().for_each(|v| *v = if v.is_nan() { fill } else { *v });
             }
             let nans = fbuf.iter().map(|v| v.is_nan() as u64).sum::<u64>();
@@ -2588,6 +2588,12 @@ pub(crate) fn f32_round_odd(y: f64) -> f32 {
     }
     let toward_zero = f.to_bits() - ((f as f64).abs() > y.abs()) as u32;
     f32::from_bits(toward_zero | 1)
+}
+
+/// The f32 that stands for a `--fill-nan` value in an output of `dtype` before its cast:
+/// rounded to odd for f16/bf16 (`f32_round_odd`), so that the fill too is rounded once.
+pub(crate) fn fill_f32(fill: f64, dtype: DType) -> f32 {
+    if matches!(dtype, DType::F16 | DType::BF16) { f32_round_odd(fill) } else { fill as f32 }
 }
 
 #[cfg(test)]
