@@ -39,7 +39,7 @@ pub enum Instr {
     /// the column's values compare exactly as the f64 values do, so that comparisons of f64
     /// columns need no f32 rounding.
     LoadKey {
-        /// Input slot (an f64 column).
+        /// Input slot: an f64 column, or an f32/f16/bf16 one widened to f64 (exactly).
         slot: usize,
     },
     /// A constant.
@@ -396,12 +396,17 @@ impl<'a> Builder<'a> {
 
     /// Dataset column `e` names when it is an f64 column (not a `with` column).
     fn f64_column(&self, e: &Expr) -> Option<usize> {
+        self.float_column(e).filter(|&c| self.ds.columns()[c].dtype == DType::F64)
+    }
+
+    /// Dataset column `e` names when it is a float column of any width (not a `with` one).
+    fn float_column(&self, e: &Expr) -> Option<usize> {
         let ExprKind::Col(name) = &e.kind else { return None };
         if self.named.contains_key(name) {
             return None;
         }
         let c = self.ds.column_index(name).ok()?;
-        (self.ds.columns()[c].dtype == DType::F64).then_some(c)
+        self.ds.columns()[c].dtype.is_float().then_some(c)
     }
 
     /// The order key of an f64 column (one load per column).
@@ -439,10 +444,19 @@ impl<'a> Builder<'a> {
 
     /// A comparison of an f64 column with a literal or another f64 column, exactly (as
     /// numpy compares f64 arrays): on the columns' order keys rather than on f32 values
-    /// (`ts > 1700000000.5` must not round the column to f32). `None`: not such a comparison.
+    /// (`ts > 1700000000.5` must not round the column to f32), and so does an f64 column
+    /// with one of f32, f16 or bf16 values (`d == f` was true for 1.00000001 and 1.0, both
+    /// rounded to f32). `None`: not such a comparison.
     fn f64_comparison(&mut self, cmp: Cmp, a: &Expr, b: &Expr) -> Option<Reg> {
         let (ca, cb) = (self.f64_column(a), self.f64_column(b));
-        if let (Some(ca), Some(cb)) = (ca, cb) {
+        let (fa, fb) = (self.float_column(a), self.float_column(b));
+        let pair = match (ca, cb) {
+            (Some(ca), Some(cb)) => Some((ca, cb)),
+            (Some(ca), None) => fb.map(|cb| (ca, cb)),
+            (None, Some(cb)) => fa.map(|ca| (ca, cb)),
+            (None, None) => None,
+        };
+        if let Some((ca, cb)) = pair {
             let (ka, kb) = (self.load_key(ca), self.load_key(cb));
             // `key_cmp` keeps NaN values of a out (those of b too but where they could pass).
             let c = self.key_cmp(ka, cmp, kb);

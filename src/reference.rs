@@ -154,17 +154,18 @@ fn cmp_holds(op: BinOp, o: std::cmp::Ordering) -> bool {
 }
 
 /// The order of a comparison of an f64 column (not a `with` name) with a numeric literal or
-/// another f64 column at `row`, compared exactly in f64 as the engine does (`None` inside:
+/// another float column at `row`, compared exactly in f64 as the engine does (`None` inside:
 /// a NaN); `None`: any other comparison.
 fn exact_f64_comparison(ds: &Dataset, a: &Expr, b: &Expr, row: u64, with: &[(String, Expr)]) -> Option<Option<std::cmp::Ordering>> {
-    let column = |e: &Expr| -> Option<usize> {
+    let float_column = |e: &Expr| -> Option<usize> {
         let ExprKind::Col(name) = &e.kind else { return None };
         if with.iter().any(|(n, _)| n == name) {
             return None;
         }
         let c = ds.column_index(name).ok()?;
-        (ds.columns()[c].dtype == DType::F64).then_some(c)
+        ds.columns()[c].dtype.is_float().then_some(c)
     };
+    let column = |e: &Expr| float_column(e).filter(|&c| ds.columns()[c].dtype == DType::F64);
     fn literal(e: &Expr) -> Option<RefVal> {
         match &e.kind {
             ExprKind::Lit(Literal::Float(v)) => Some(RefVal::F(*v)),
@@ -183,6 +184,12 @@ fn exact_f64_comparison(ds: &Dataset, a: &Expr, b: &Expr, row: u64, with: &[(Str
         RefVal::B(_) => None,
     };
     let value = |c: usize| raw_f64(ds, c, row);
+    // An f64 column with another float column (of any width): both exactly.
+    if let (Some(ca), Some(cb)) = (float_column(a), float_column(b))
+        && (column(a).is_some() || column(b).is_some())
+    {
+        return Some(value(ca).partial_cmp(&value(cb)));
+    }
     match (column(a), column(b)) {
         (Some(ca), Some(cb)) => Some(value(ca).partial_cmp(&value(cb))),
         (Some(ca), None) => Some(with_literal(value(ca), literal(b)?)),

@@ -430,3 +430,62 @@ fn f64_columns_cast_to_f16_and_bf16_round_once() {
         }
     }
 }
+
+/// An f64 column compared with an f32, f16 or bf16 column compares exactly in f64, as numpy
+/// does: both were rounded to f32, so `d == f` held for d = 1.00000001 and f = 1.
+#[test]
+fn f64_columns_compare_exactly_with_narrower_float_columns() {
+    let s = seed("f64_columns_compare_exactly_with_narrower_float_columns");
+    let mut rng = tilestream::synth::Rng::new(s);
+    let dir = TempDir::new("mixedcmp");
+    let rows = 3000;
+    // f, h, b: values of each width; d: the f32 value itself, or one just beside it, or
+    // special values, so that every order occurs and f32 rounding would decide wrongly.
+    let f: Vec<f32> = (0..rows).map(|_| awkward(&mut rng, 0.05) as f32).collect();
+    let h: Vec<half::f16> = f.iter().map(|&x| half::f16::from_f32(x)).collect();
+    let b: Vec<half::bf16> = f.iter().map(|&x| half::bf16::from_f32(x)).collect();
+    let d: Vec<f64> = f
+        .iter()
+        .map(|&x| match rng.next_u64() % 5 {
+            0 => x as f64,
+            1 => (x as f64) * (1.0 + 1e-12),
+            2 => (x as f64) - 1e-9,
+            3 => half::f16::from_f32(x).to_f64(),
+            _ => half::bf16::from_f32(x).to_f64() + 1e-12,
+        })
+        .collect();
+    let path = dir.path("m.safetensors");
+    let cols = [
+        ColData { name: "d".into(), dtype: DType::F64, bytes: bytemuck::cast_slice(&d).to_vec() },
+        f32_col("f", &f),
+        ColData { name: "h".into(), dtype: DType::F16, bytes: bytemuck::cast_slice(&h).to_vec() },
+        ColData { name: "b".into(), dtype: DType::BF16, bytes: bytemuck::cast_slice(&b).to_vec() },
+    ];
+    write_safetensors(&path, rows, &cols);
+    let ds = Dataset::open(&path).unwrap();
+    let other: [(&str, Vec<f64>); 3] = [
+        ("f", f.iter().map(|&x| x as f64).collect()),
+        ("h", h.iter().map(|x| x.to_f64()).collect()),
+        ("b", b.iter().map(|x| x.to_f64()).collect()),
+    ];
+    for dev in all_devices() {
+        for (name, values) in &other {
+            for (op, holds) in [
+                ("<", (|a: f64, b: f64| a < b) as fn(f64, f64) -> bool),
+                ("<=", |a, b| a <= b),
+                (">", |a, b| a > b),
+                (">=", |a, b| a >= b),
+                ("==", |a, b| a == b),
+                ("!=", |a, b| a != b && !a.is_nan() && !b.is_nan()),
+            ] {
+                for text in [format!("d {op} {name}"), format!("{name} {op} d")] {
+                    let want =
+                        d.iter().zip(values).filter(|&(&x, &y)| if text.starts_with('d') { holds(x, y) } else { holds(y, x) }).count()
+                            as u64;
+                    let r = ds.lazy().filter(parse_expr(&text).unwrap()).aggregate([all_stats(["f"])]).collect(&dev).unwrap();
+                    assert_eq!(r.rows_selected, want, "{text} on {dev:?}");
+                }
+            }
+        }
+    }
+}

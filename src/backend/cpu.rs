@@ -1308,7 +1308,9 @@ fn eval_instrs(prog: &FusedProgram, steps: &[Step], views: &[View], regs: &mut [
             Instr::Load { slot, ty } => load(views[*slot], *ty, out, n),
             Instr::LoadKey { slot } => match (views[*slot], out) {
                 (View::F64(x), Reg::I(o)) => o[..n].iter_mut().zip(x).for_each(|(o, &v)| *o = crate::program::f64_order_key(v)),
-                _ => unreachable!("program.rs takes order keys of f64 columns into integer registers"),
+                // f16/bf16 columns are viewed converted (exactly) to f32.
+                (View::F32(x), Reg::I(o)) => o[..n].iter_mut().zip(x).for_each(|(o, &v)| *o = crate::program::f64_order_key(v as f64)),
+                _ => unreachable!("program.rs takes order keys of float columns into integer registers"),
             },
             Instr::Op { op, args } => {
                 let f = |i: usize| match &before[args[i]] {

@@ -305,8 +305,15 @@ fn ops_program(ds: &Dataset) -> (FusedProgram, Vec<usize>) {
     let mut bools = Vec::new();
     instrs.push(Instr::LoadKey { slot: g });
     let key = instrs.len() - 1;
+    // The order keys of an f32 and an f16 column (widened to f64).
+    instrs.push(Instr::LoadKey { slot: f });
+    let fkey = instrs.len() - 1;
+    instrs.push(Instr::LoadKey { slot: h });
+    let hkey = instrs.len() - 1;
     for c in [Cmp::Lt, Cmp::Le, Cmp::Gt, Cmp::Ge, Cmp::Eq, Cmp::Ne] {
         bools.push(push(&mut instrs, Op::CmpI(c), &[key, ki]));
+        bools.push(push(&mut instrs, Op::CmpI(c), &[key, fkey]));
+        bools.push(push(&mut instrs, Op::CmpI(c), &[hkey, key]));
         bools.push(push(&mut instrs, Op::CmpF(c), &[f, kf]));
         bools.push(push(&mut instrs, Op::CmpF(c), &[f, f]));
         bools.push(push(&mut instrs, Op::CmpI(c), &[i, ki]));

@@ -484,7 +484,9 @@ impl Gen<'_> {
     fn instr(&self, ins: &Instr, offs: &[u64]) -> Result<String> {
         Ok(match ins {
             Instr::Load { slot, ty } => self.load(*slot, *ty, offs)?,
-            Instr::LoadKey { slot } => format!("f64_order_key({})", self.slot_bits(*slot, offs)),
+            Instr::LoadKey { slot } if self.dtypes[*slot] == DType::F64 => format!("f64_order_key({})", self.slot_bits(*slot, offs)),
+            // An f32 (f16, bf16) column's values as f64s, exactly.
+            Instr::LoadKey { slot } => format!("f64_order_key(d_bits((double){}))", self.load(*slot, VType::F32, offs)?),
             Instr::Const(Value::F(v)) => f32_lit(*v),
             Instr::Const(Value::I(v)) => format!("(i64)0x{:016x}ull", *v as u64),
             Instr::Const(Value::B(b)) => b.to_string(),

@@ -61,6 +61,11 @@ pub(crate) fn corpus() -> Vec<(FusedProgram, Vec<DType>)> {
     // The f64 column's order key, compared with an integer constant.
     instrs.push(Instr::LoadKey { slot: dtypes.iter().position(|&d| d == DType::F64).unwrap_or(0) });
     instrs.push(Instr::Op { op: Op::CmpI(Cmp::Ge), args: [instrs.len() - 1, ki, 0] });
+    // An f32 and a bf16 column's order keys (widened to f64), compared with the f64's.
+    for d in [DType::F32, DType::BF16] {
+        instrs.push(Instr::LoadKey { slot: dtypes.iter().position(|&x| x == d).unwrap_or(0) });
+        instrs.push(Instr::Op { op: Op::CmpI(Cmp::Lt), args: [instrs.len() - 1, instrs.len() - 3, 0] });
+    }
     let base = FusedProgram { inputs: (0..dtypes.len()).collect(), instrs, ..FusedProgram::default() };
     let slot = |d: DType| dtypes.iter().position(|&x| x == d).unwrap_or(0);
     // Statistics over every domain (raw slots of every dtype, and registers).

@@ -578,7 +578,9 @@ impl Gen<'_> {
         let ty = self.reg_type(r);
         let e = match ins {
             Instr::Load { slot, ty } => self.load(*slot, *ty, offs)?,
-            Instr::LoadKey { slot } => format!("f64_order_key(pair_at({}u, i))", offs[*slot]),
+            Instr::LoadKey { slot } if self.dtypes[*slot] == DType::F64 => format!("f64_order_key(pair_at({}u, i))", offs[*slot]),
+            // An f32 (f16, bf16) column's values as f64s, exactly.
+            Instr::LoadKey { slot } => format!("f64_order_key(f_to_d({}))", self.load(*slot, VType::F32, offs)?),
             Instr::Const(Value::F(v)) => f32_lit(*v),
             Instr::Const(Value::I(v)) => pair_lit(*v as u64),
             Instr::Const(Value::B(b)) => b.to_string(),
