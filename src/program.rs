@@ -409,7 +409,7 @@ impl<'a> Builder<'a> {
         self.ds.columns()[c].dtype.is_float().then_some(c)
     }
 
-    /// The order key of an f64 column (one load per column).
+    /// The order key of a float column, as an f64 (one load per column).
     fn load_key(&mut self, col: usize) -> Reg {
         let slot = self.slot(col);
         if let Some(r) = self.prog.instrs.iter().position(|i| *i == Instr::LoadKey { slot }) {
@@ -566,7 +566,7 @@ pub(crate) fn f64_order_key(x: f64) -> i64 {
 
 /// A real literal's exact value, as integers compare with it.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum ExactReal {
+pub(crate) enum ExactReal {
     /// NaN: no comparison holds.
     Nan,
     /// Finite or infinite: the integers just below and above (equal for an integer),
@@ -577,7 +577,7 @@ enum ExactReal {
 /// The exact value of a float literal, also under unary minus: from the text it was parsed
 /// from, whose decimal digits an f64 may not hold (`id == 9007199254740993.0` rounded the
 /// literal to 2^53 and matched the wrong rows), else from its f64.
-fn exact_real(e: &Expr) -> Option<ExactReal> {
+pub(crate) fn exact_real(e: &Expr) -> Option<ExactReal> {
     let Exact::F(v) = literal_value(e)? else { return None };
     if v.is_nan() {
         return Some(ExactReal::Nan);

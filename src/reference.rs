@@ -59,14 +59,6 @@ fn as_float(v: RefVal) -> f64 {
     }
 }
 
-fn float_literal(e: &Expr) -> Option<f64> {
-    match &e.kind {
-        ExprKind::Lit(Literal::Float(v)) => Some(*v),
-        ExprKind::Neg(inner) => float_literal(inner).map(|v| -v),
-        _ => None,
-    }
-}
-
 /// Evaluates `e` at `row`. `with` holds computed columns, visible by name.
 pub fn eval(ds: &Dataset, e: &Expr, row: u64, with: &[(String, Expr)]) -> RefVal {
     match &e.kind {
@@ -104,9 +96,10 @@ pub fn eval(ds: &Dataset, e: &Expr, row: u64, with: &[(String, Expr)]) -> RefVal
                     let ord = match (x, y) {
                         (RefVal::I(i), RefVal::I(j)) => Some(i.cmp(&j)),
                         (RefVal::B(i), RefVal::B(j)) => Some(i.cmp(&j)),
-                        (RefVal::I(i), RefVal::F(_)) if float_literal(b).is_some() => cmp_int_real(i, float_literal(b).unwrap_or(0.0)),
-                        (RefVal::F(_), RefVal::I(j)) if float_literal(a).is_some() => {
-                            cmp_int_real(j, float_literal(a).unwrap_or(0.0)).map(|o| o.reverse())
+                        // A literal by its exact value (its text's, `program::exact_real`).
+                        (RefVal::I(i), RefVal::F(_)) if let Some(c) = crate::program::exact_real(b) => cmp_int_exact(i, c),
+                        (RefVal::F(_), RefVal::I(j)) if let Some(c) = crate::program::exact_real(a) => {
+                            cmp_int_exact(j, c).map(|o| o.reverse())
                         }
                         _ => as_float(x).partial_cmp(&as_float(y)),
                     };
@@ -195,6 +188,17 @@ fn exact_f64_comparison(ds: &Dataset, a: &Expr, b: &Expr, row: u64, with: &[(Str
         (Some(ca), None) => Some(with_literal(value(ca), literal(b)?)),
         (None, Some(cb)) => Some(with_literal(value(cb), literal(a)?).map(|o| o.reverse())),
         (None, None) => None,
+    }
+}
+
+/// Exact comparison of an integer with a real literal.
+fn cmp_int_exact(i: i128, c: crate::program::ExactReal) -> Option<std::cmp::Ordering> {
+    match c {
+        crate::program::ExactReal::Nan => None,
+        crate::program::ExactReal::Finite { floor, ceil } if floor == ceil => Some(i.cmp(&floor)),
+        crate::program::ExactReal::Finite { floor, .. } => {
+            Some(if i <= floor { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater })
+        }
     }
 }
 

@@ -212,8 +212,9 @@ impl GroupLimit {
 const MIN_GROUP_ALLOWANCE: usize = 256;
 
 /// Rows per tile on the CPU on `threads` threads: the driver's (`exec::tile_rows`), or one
-/// unit per thread for a group-by by a wide key whose worst case (65,536 groups per unit)
-/// leaves fewer units to a tile than threads: each unit may then hold a share of the
+/// unit per thread (as many as the rows' mapped bytes allow) for a group-by by a wide key
+/// whose worst case (65,536 groups per unit) leaves fewer units to a tile than threads:
+/// each unit may then hold a share of the
 /// budget's groups (`Prepared::group_limit`), and a unit with more makes the driver run
 /// its rows again in smaller tiles. (With the worst case, a group-by of eight columns ran
 /// on one thread under the default budget.)
@@ -222,40 +223,48 @@ pub(crate) fn tile_rows(prog: &FusedProgram, ds: &Dataset, budget: u64, threads:
     let safe = crate::exec::tile_rows(prog, ds, budget, unit);
     // Never more units than the rows' input bytes allow (the bound `safe` shares).
     let units = (threads as u64).min(crate::exec::row_units(prog, ds, budget, unit));
-    if unit == WIDE_KEY_UNIT_ROWS && safe < units * unit && group_allowance(budget, units, prog, ds) >= MIN_GROUP_ALLOWANCE {
+    if wide_key(prog, ds) && safe < units * unit && group_allowance(budget, units, prog, ds) >= MIN_GROUP_ALLOWANCE {
         units * unit
     } else {
         safe
     }
 }
 
-/// Rows per partial of a program on the CPU: `WIDE_KEY_UNIT_ROWS` for a group-by by a key
-/// wider than 8 bits, a block's natural rows for one by an 8-bit key
-/// (`natural_block_rows`), else a block (`block_rows`).
+/// Whether a program is a group-by by a key wider than 8 bits.
+fn wide_key(prog: &FusedProgram, ds: &Dataset) -> bool {
+    prog.key.is_some_and(|k| ds.columns()[prog.inputs[k]].dtype.size() > 1) && prog.outputs.is_empty()
+}
+
+/// Rows per partial of a program on the CPU: for a group-by, `WIDE_KEY_UNIT_ROWS` by a key
+/// wider than 8 bits, a block's natural rows by an 8-bit key (`natural_block_rows`), halved
+/// while the unit spans more of the files than `UNIT_MAPPED_BYTES` allows; else a block
+/// (`block_rows`).
 pub(crate) fn unit_rows(prog: &FusedProgram, ds: &Dataset) -> u64 {
-    let unit = match prog.key {
-        Some(k) if ds.columns()[prog.inputs[k]].dtype.size() > 1 && prog.outputs.is_empty() => WIDE_KEY_UNIT_ROWS,
+    let (unit, most) = match prog.key {
+        _ if wide_key(prog, ds) => (WIDE_KEY_UNIT_ROWS, UNIT_MAPPED_BYTES),
         // Wide rows make blocks smaller, not the partials of an 8-bit key more numerous:
         // a unit's blocks join their groups.
-        Some(_) => natural_block_rows(prog, ds),
+        Some(_) => (natural_block_rows(prog, ds), UNIT_MAPPED_BYTES / 4),
         None => return block_rows(prog, ds),
     };
     // A tile holds at least one unit: rows of a wide matrix must not make it map gigabytes.
     let per_row = ds.mapped_bytes_per_row(&prog.inputs);
     let mut rows = unit;
-    while rows > MIN_BLOCK_ROWS && rows * per_row > UNIT_MAPPED_BYTES {
+    while rows > MIN_BLOCK_ROWS && rows * per_row > most {
         rows /= 2;
     }
     rows
 }
 
-/// Most bytes of the files a group-by's unit may span (`Dataset::mapped_bytes_per_row`):
-/// 2,097,152 rows of a [N, 768] f32 matrix are 6 GiB, and a tile holds at least a unit.
-/// As much as the default budget, so that the usual group-bys keep their units (a unit of
-/// half the rows made one of 60,000 keys over eight f32 columns 45 % slower); fixed rather
-/// than taken from the budget, so that units, and the bits of every result, are the same
-/// under any budget.
-const UNIT_MAPPED_BYTES: u64 = 256 << 20;
+/// Most bytes of the files a group-by's unit by a wide key may span
+/// (`Dataset::mapped_bytes_per_row`; a quarter of it by an 8-bit key, whose units are
+/// smaller anyway): 2,097,152 rows of a [N, 768] f32 matrix are 6 GiB, and a tile holds at
+/// least a unit. Half the default budget, so that the default budget's tiles hold two
+/// units (one per thread here) and the usual group-bys keep their units (a unit of half
+/// the rows made one of 60,000 keys over eight f32 columns 45 % slower); fixed rather than
+/// taken from the budget, so that units, and the bits of every result, are the same under
+/// any budget.
+const UNIT_MAPPED_BYTES: u64 = 128 << 20;
 
 /// A program checked against the dataset.
 pub(crate) struct Prepared {
