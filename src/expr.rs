@@ -215,6 +215,38 @@ impl Expr {
         Expr { kind, pos: 0, source: None }
     }
 
+    /// The text of a float literal parsed from text, as written (`-1.50e3`): its decimal
+    /// digits may say more than its f64 does (`9007199254740993.0`), which integer columns
+    /// compare with exactly.
+    fn float_literal_text(&self) -> Option<&str> {
+        let (ExprKind::Lit(Literal::Float(v)), Some(src)) = (&self.kind, &self.source) else { return None };
+        if !v.is_finite() {
+            return None;
+        }
+        let text = src.get(self.pos..)?;
+        let b = text.as_bytes();
+        let mut i = (b.first() == Some(&b'-')) as usize;
+        let digits = |mut i: usize| {
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            i
+        };
+        i = digits(i);
+        if b.get(i) == Some(&b'.') {
+            i = digits(i + 1);
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            let j = if matches!(b.get(i + 1), Some(b'+' | b'-')) { i + 2 } else { i + 1 };
+            if b.get(j).is_some_and(u8::is_ascii_digit) {
+                i = digits(j);
+            }
+        }
+        // Only a text that is this literal (it parses to the same value).
+        let t = &text[..i];
+        (t.parse::<f64>().ok() == Some(*v)).then_some(t)
+    }
+
     fn binary(self, op: BinOp, rhs: Expr) -> Expr {
         let (pos, source) = (self.pos, self.source.clone());
         Expr { kind: ExprKind::Binary(op, Box::new(self), Box::new(rhs)), pos, source }
@@ -402,6 +434,13 @@ impl fmt::Display for Expr {
         match &self.kind {
             ExprKind::Col(name) if is_identifier(name) => f.write_str(name),
             ExprKind::Col(name) => write!(f, "`{name}`"),
+            ExprKind::Lit(_) if let Some(t) = self.float_literal_text() => {
+                if t.starts_with('-') {
+                    write!(f, "({t})")
+                } else {
+                    f.write_str(t)
+                }
+            }
             ExprKind::Lit(l) => match l {
                 Literal::Float(v) if v.is_sign_negative() && !v.is_nan() => write!(f, "({l})"),
                 Literal::Int(v) if *v < 0 => write!(f, "({l})"),

@@ -348,6 +348,17 @@ fn integer_columns_compare_with_the_exact_decimal_literal() {
             assert_eq!(r.rows_selected, want, "{text} on {dev:?}");
         }
     }
+    // Printed (as a fit file stores `--with` expressions), a literal keeps its digits: the
+    // f64's shortest form, 9007199254740992.0, would compare with another integer.
+    for &(text, want) in cases {
+        let printed = parse_expr(text).unwrap().to_string();
+        let r = ds.lazy().filter(parse_expr(&printed).unwrap()).aggregate([all_stats(["v"])]).collect(&Device::Cpu).unwrap();
+        assert_eq!(r.rows_selected, want, "{text} printed as {printed}");
+    }
+    assert_eq!(
+        parse_expr("id == 9007199254740993.0 && v < -1.50e3").unwrap().to_string(),
+        "((id == 9007199254740993.0) && (v < (-1.50e3)))"
+    );
 }
 
 /// A u64 value above i64::MAX cannot enter an expression, which computes integers in i64:
