@@ -420,7 +420,10 @@ impl fmt::Display for Literal {
         match *self {
             Literal::Float(v) if v.is_nan() => f.write_str("nan"),
             Literal::Float(v) if v.is_infinite() => f.write_str(if v > 0.0 { "inf" } else { "-inf" }),
-            Literal::Float(v) if v == v.trunc() && v.abs() < 1e15 => write!(f, "{v:.1}"),
+            // Integers in full below 1e20 (beyond i64, where integer columns compare the same
+            // with any of them): the shortest form, 1.152921504606847e18 for 2^60, would read
+            // back as another integer.
+            Literal::Float(v) if v == v.trunc() && v.abs() < 1e20 => write!(f, "{v:.1}"),
             Literal::Float(v) => write!(f, "{v:?}"),
             Literal::Int(v) => write!(f, "{v}"),
             Literal::Bool(v) => write!(f, "{v}"),

@@ -359,6 +359,8 @@ fn integer_columns_compare_with_the_exact_decimal_literal() {
         parse_expr("id == 9007199254740993.0 && v < -1.50e3").unwrap().to_string(),
         "((id == 9007199254740993.0) && (v < (-1.50e3)))"
     );
+    // A literal built in code prints its f64 in full where it is an integer column's value.
+    assert_eq!(col("id").equals(lit(2f64.powi(60))).to_string(), "(id == 1152921504606846976.0)");
 }
 
 /// A u64 value above i64::MAX cannot enter an expression, which computes integers in i64:
