@@ -245,21 +245,19 @@ fn run_tiles<B: Backend>(
     let mut groups: Vec<(u64, Vec<StatsAcc>)> = Vec::new();
     let mut group_keys: Vec<i128> = Vec::new();
     let mut group_of = KeyMap::new();
-    // BOOL columns are checked tile by tile (`Dataset::check_bools`).
-    let bool_inputs: Vec<usize> = prog.inputs.iter().copied().filter(|&c| ds.columns()[c].dtype == crate::dtype::DType::Bool).collect();
-    // So are U64 columns that expressions read (`Dataset::check_u64_in_i64`).
-    let mut u64_loads: Vec<usize> = prog
-        .instrs
+    // Columns whose values are checked tile by tile (`Dataset::check_values`): BOOL inputs,
+    // and U64 ones that expressions read.
+    let checked: Vec<usize> = prog
+        .inputs
         .iter()
-        .filter_map(|i| match *i {
-            crate::program::Instr::Load { slot, .. } if ds.columns()[prog.inputs[slot]].dtype == crate::dtype::DType::U64 => {
-                Some(prog.inputs[slot])
-            }
-            _ => None,
+        .enumerate()
+        .filter(|&(slot, &c)| match ds.columns()[c].dtype {
+            crate::dtype::DType::Bool => true,
+            crate::dtype::DType::U64 => prog.instrs.iter().any(|i| matches!(*i, crate::program::Instr::Load { slot: s, .. } if s == slot)),
+            _ => false,
         })
+        .map(|(_, &c)| c)
         .collect();
-    u64_loads.sort_unstable();
-    u64_loads.dedup();
     let mut tile_out = TileOut::default();
     if sink.is_some() {
         tile_out.columns = prog.outputs.iter().map(|o| vec![0u8; (tile.min(rows.max(1))) as usize * o.dtype.size()]).collect();
@@ -281,11 +279,8 @@ fn run_tiles<B: Backend>(
             if r1 < rows {
                 advise(Paging::ReadAhead, r1, (r1 + tile).min(rows));
             }
-            for &c in &bool_inputs {
-                ds.check_bools(c, r0, r1)?;
-            }
-            for &c in &u64_loads {
-                ds.check_u64_in_i64(c, r0, r1)?;
+            for &c in &checked {
+                ds.check_values(c, r0, r1)?;
             }
             let ticket = match backend.submit(&prep, ds, r0..r1, sink.is_some().then_some(&mut tile_out)) {
                 // The tile's working memory ran short (on the CPU: a unit's groups outgrew

@@ -218,7 +218,7 @@ impl Expr {
     /// The text of a float literal parsed from text, as written (`-1.50e3`): its decimal
     /// digits may say more than its f64 does (`9007199254740993.0`), which integer columns
     /// compare with exactly.
-    fn float_literal_text(&self) -> Option<&str> {
+    pub(crate) fn float_literal_text(&self) -> Option<&str> {
         let (ExprKind::Lit(Literal::Float(v)), Some(src)) = (&self.kind, &self.source) else { return None };
         if !v.is_finite() {
             return None;

@@ -822,7 +822,7 @@ fn write_program(lf: &LazyFrame, fit: &Fit) -> Result<(FusedProgram, LazyFrame)>
         // A finite fill value the output type cannot hold would be written as inf (the
         // kernels round it to f32 first, `fill_f32`, then to a half type).
         if let Some(v) = fit.fill_nan.filter(|v| float && v.is_finite()) {
-            let f = crate::backend::cpu::fill_f32(v, dtype);
+            let f = crate::backend::fill_f32(v, dtype);
             let fits = match dtype {
                 DType::F32 => f.is_finite(),
                 DType::F16 => half::f16::from_f32(f).is_finite(),

@@ -588,68 +588,30 @@ pub(crate) fn exact_real(e: &Expr) -> Option<ExactReal> {
         ExprKind::Neg(inner) => (&**inner, true),
         _ => (e, false),
     };
-    let text = node.source.as_deref().and_then(|src| src.get(node.pos..));
-    let Some(exact) = text.and_then(decimal_floor_ceil) else { return Some(from_f64) };
+    let Some(exact) = node.float_literal_text().and_then(decimal_floor_ceil) else { return Some(from_f64) };
     Some(if negate { ExactReal::Finite { floor: -exact.1, ceil: -exact.0 } } else { ExactReal::Finite { floor: exact.0, ceil: exact.1 } })
 }
 
-/// The floor and ceiling of the decimal number at the start of `text`
-/// (`[-]digits[.digits][(e|E)[+-]digits]`, as the parser reads it), exactly; magnitudes
-/// beyond 10^30 saturate there. `None` when `text` does not start with such a number.
+/// The floor and ceiling of a decimal literal's text (`[-]digits[.digits][(e|E)[+-]digits]`,
+/// `Expr::float_literal_text`), exactly; magnitudes beyond 10^30 saturate there.
 fn decimal_floor_ceil(text: &str) -> Option<(i128, i128)> {
     const LIMIT: i128 = 1_000_000_000_000_000_000_000_000_000_000;
-    let b = text.as_bytes();
-    let neg = b.first() == Some(&b'-');
-    let mut i = neg as usize;
-    let mut digits: Vec<u8> = Vec::new();
-    let mut frac = 0i64;
-    while i < b.len() && b[i].is_ascii_digit() {
-        digits.push(b[i] - b'0');
-        i += 1;
-    }
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        while i < b.len() && b[i].is_ascii_digit() {
-            digits.push(b[i] - b'0');
-            frac += 1;
-            i += 1;
-        }
-    }
-    if digits.is_empty() {
+    let (neg, t) = text.strip_prefix('-').map_or((false, text), |t| (true, t));
+    let (mantissa, exp) = t.split_once(['e', 'E']).unwrap_or((t, "0"));
+    // An exponent too long for i64 saturates (any beyond ±2^40 gives the same answer).
+    let exp = exp.parse::<i64>().unwrap_or(if exp.starts_with('-') { i64::MIN } else { i64::MAX }).clamp(-(1 << 40), 1 << 40);
+    let (whole, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits: Vec<u8> = whole.bytes().chain(frac.bytes()).map(|b| b.wrapping_sub(b'0')).collect();
+    if digits.is_empty() || digits.iter().any(|&d| d > 9) {
         return None;
     }
-    let mut exp = 0i64;
-    if matches!(b.get(i), Some(b'e' | b'E')) {
-        let mut j = i + 1;
-        let sign = match b.get(j) {
-            Some(b'-') => {
-                j += 1;
-                -1
-            }
-            Some(b'+') => {
-                j += 1;
-                1
-            }
-            _ => 1,
-        };
-        while j < b.len() && b[j].is_ascii_digit() {
-            exp = (exp * 10 + (b[j] - b'0') as i64).min(1 << 40);
-            j += 1;
-        }
-        exp *= sign;
-    }
     // value = digits * 10^(exp - frac): the integer part is the digits before `point`.
-    let point = digits.len() as i64 + exp - frac;
-    let (whole, rest) = if point <= 0 {
-        (&digits[..0], &digits[..])
-    } else if point as usize >= digits.len() {
-        (&digits[..], &digits[..0])
-    } else {
-        digits.split_at(point as usize)
-    };
-    let zeros = (point - whole.len() as i64).max(0);
+    let point = whole.len() as i64 + exp;
+    let split = point.clamp(0, digits.len() as i64) as usize;
+    let (int_digits, rest) = digits.split_at(split);
+    let zeros = (point - split as i64).clamp(0, 40) as usize;
     let mut int: i128 = 0;
-    for d in whole.iter().copied().chain(std::iter::repeat_n(0, zeros.min(40) as usize)) {
+    for d in int_digits.iter().copied().chain(std::iter::repeat_n(0, zeros)) {
         int = (int * 10 + d as i128).min(LIMIT);
     }
     let fraction = rest.iter().any(|&d| d != 0);

@@ -2552,7 +2552,7 @@ fn write_output(
                 // A value computed or held in f64 and written as f16/bf16 is rounded once:
                 // to f32 rounded to odd, which the cast then rounds as the f64 itself.
                 _ if matches!(dtype, DType::F16 | DType::BF16) => on_view!(src, x => {
-                    fbuf.extend((0..m).map(|j| f32_round_odd(scaled(spec.scale, x[idx(j)].f64()))))
+                    fbuf.extend((0..m).map(|j| super::f32_round_odd(scaled(spec.scale, x[idx(j)].f64()))))
                 }),
                 _ => on_view!(src, x => {
                     fbuf.extend((0..m).map(|j| {
@@ -2564,7 +2564,7 @@ fn write_output(
                 }),
             }
             if let Some(fill) = spec.fill_nan {
-                let fill = fill_f32(fill, dtype);
+                let fill = super::fill_f32(fill, dtype);
                 fbuf.iter_mut().for_each(|v| *v = if v.is_nan() { fill } else { *v });
             }
             let nans = fbuf.iter().map(|v| v.is_nan() as u64).sum::<u64>();
@@ -2585,26 +2585,6 @@ fn write_output(
             (nans, overflow)
         }
     }
-}
-
-/// `y` as f32 rounded to odd: truncated toward zero, its last bit set when that dropped
-/// anything. Rounded on to f16 or bf16 (13 or more bits fewer) to nearest even, it gives
-/// `y`'s own nearest value, where two roundings to nearest may not (162.68749623224357
-/// went to 162.75 through f32, to 162.625 directly). Beyond f32's range it is ±f32::MAX,
-/// which both casts take to ±inf.
-pub(crate) fn f32_round_odd(y: f64) -> f32 {
-    let f = y as f32;
-    if y.is_nan() || f as f64 == y {
-        return f;
-    }
-    let toward_zero = f.to_bits() - ((f as f64).abs() > y.abs()) as u32;
-    f32::from_bits(toward_zero | 1)
-}
-
-/// The f32 that stands for a `--fill-nan` value in an output of `dtype` before its cast:
-/// rounded to odd for f16/bf16 (`f32_round_odd`), so that the fill too is rounded once.
-pub(crate) fn fill_f32(fill: f64, dtype: DType) -> f32 {
-    if matches!(dtype, DType::F16 | DType::BF16) { f32_round_odd(fill) } else { fill as f32 }
 }
 
 #[cfg(test)]

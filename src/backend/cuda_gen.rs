@@ -626,7 +626,7 @@ impl Gen<'_> {
                     }
                 }
                 if let Some(fill) = spec.fill_nan {
-                    let _ = writeln!(c, "        if (f_is_nan(f)) f = {};", f32_lit(crate::backend::cpu::fill_f32(fill, spec.dtype)));
+                    let _ = writeln!(c, "        if (f_is_nan(f)) f = {};", f32_lit(crate::backend::fill_f32(fill, spec.dtype)));
                 }
                 let _ = writeln!(c, "        row.o{i}n = f_is_nan(f);");
                 let _ = match spec.dtype {

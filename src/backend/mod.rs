@@ -566,3 +566,23 @@ mod tests {
         assert!(matches!(table_of(DType::U64, &[1, u64::MAX as i128]), Err(Error::Unsupported(_))), "u64 beyond i64");
     }
 }
+
+/// `y` as f32 rounded to odd: truncated toward zero, its last bit set when that dropped
+/// anything. Rounded on to f16 or bf16 (13 or more bits fewer) to nearest even, it gives
+/// `y`'s own nearest value, where two roundings to nearest may not (162.68749623224357
+/// went to 162.75 through f32, to 162.625 directly). Beyond f32's range it is ±f32::MAX,
+/// which both casts take to ±inf.
+pub(crate) fn f32_round_odd(y: f64) -> f32 {
+    let f = y as f32;
+    if y.is_nan() || f as f64 == y {
+        return f;
+    }
+    let toward_zero = f.to_bits() - ((f as f64).abs() > y.abs()) as u32;
+    f32::from_bits(toward_zero | 1)
+}
+
+/// The f32 that stands for a `--fill-nan` value in an output of `dtype` before its cast:
+/// rounded to odd for f16/bf16 (`f32_round_odd`), so that the fill too is rounded once.
+pub(crate) fn fill_f32(fill: f64, dtype: DType) -> f32 {
+    if matches!(dtype, DType::F16 | DType::BF16) { f32_round_odd(fill) } else { fill as f32 }
+}

@@ -764,7 +764,7 @@ impl Gen<'_> {
         };
         let mut code = format!("    {{\n        let x = {x};\n        var y: f32 = {y};\n        let ovf = {ovf};\n");
         if let Some(fill) = spec.fill_nan {
-            let _ = writeln!(code, "        if (f_is_nan(y)) {{ y = {}; }}", f32_lit(crate::backend::cpu::fill_f32(fill, spec.dtype)));
+            let _ = writeln!(code, "        if (f_is_nan(y)) {{ y = {}; }}", f32_lit(crate::backend::fill_f32(fill, spec.dtype)));
         }
         let _ = match spec.dtype {
             DType::F16 => writeln!(

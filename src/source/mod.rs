@@ -296,56 +296,48 @@ impl Dataset {
         merged
     }
 
-    /// Fails unless rows `[r0, r1)` of BOOL column `c` hold only the bytes 0 and 1: numpy
-    /// and PyTorch read any other byte as true, while the kernels would count its value
-    /// (a sum of 2 for one true row), so such a file is refused, naming the column and row.
-    pub(crate) fn check_bools(&self, c: usize, r0: u64, r1: u64) -> Result<()> {
+    /// Fails unless rows `[r0, r1)` of column `c` hold values the kernels read as the file
+    /// means them (called per tile by `exec` for the columns that need it):
+    /// - a BOOL only the bytes 0 and 1: numpy and PyTorch read any other byte as true,
+    ///   while the kernels would count its value (a sum of 2 for one true row);
+    /// - a U64 that expressions read only values up to i64::MAX: expressions compute
+    ///   integers in i64, where larger ones would turn into i64::MAX (a filter comparing the
+    ///   wrong value, a `--with` copy writing it).
+    ///
+    /// Such a file is refused, naming the column and the first such row.
+    pub(crate) fn check_values(&self, c: usize, r0: u64, r1: u64) -> Result<()> {
         let col = &self.columns[c];
-        let span = self.column_span(c, r0, r1);
-        let any_wide = if col.is_contiguous() {
-            // OR of every byte (vectorizes): a bit above bit 0 means a byte over 1.
-            span.iter().fold(0u8, |m, &b| m | b) > 1
-        } else {
-            span.iter().step_by(col.stride as usize).any(|&b| b > 1)
+        // The byte of each value that shows a bad one, and the largest it may be (little-
+        // endian: a u64's top bit is in its byte 7).
+        let (at, most) = match col.dtype {
+            DType::Bool => (0, 1u8),
+            DType::U64 => (7, 0x7f),
+            _ => return Ok(()),
         };
-        if !any_wide {
-            return Ok(());
-        }
-        let (i, b) = span.iter().step_by(col.stride as usize).enumerate().find(|&(_, &b)| b > 1).map_or((0, 0), |(i, &b)| (i, b));
-        Err(Error::format(
-            &self.files[col.file].path,
-            format!("column `{}` holds byte {b} at row {}; a BOOL is 0 or 1", col.name, r0 + i as u64),
-        ))
-    }
-
-    /// Fails unless rows `[r0, r1)` of U64 column `c` hold only values up to i64::MAX:
-    /// expressions compute integers in i64, where larger ones would turn into i64::MAX (a
-    /// filter comparing the wrong value, a `--with` copy writing it).
-    pub(crate) fn check_u64_in_i64(&self, c: usize, r0: u64, r1: u64) -> Result<()> {
-        let col = &self.columns[c];
         let span = self.column_span(c, r0, r1);
         let stride = col.stride as usize;
-        // Little-endian: byte 7 of a value holds its top bit.
-        let any_large = if col.is_contiguous() {
-            span.chunks_exact(8).fold(0u8, |m, v| m | v[7]) >= 0x80
+        let size = col.dtype.size();
+        // OR of the bytes (vectorizes for contiguous columns): a bit above `most`'s shows one.
+        let any_bad = if col.is_contiguous() {
+            span.chunks_exact(size).fold(0u8, |m, v| m | v[at]) > most
         } else {
-            span.iter().skip(7).step_by(stride).any(|&b| b >= 0x80)
+            span.iter().skip(at).step_by(stride).any(|&b| b > most)
         };
-        if !any_large {
+        if !any_bad {
             return Ok(());
         }
-        let value = |i: usize| u64::from_le_bytes(span[i * stride..][..8].try_into().unwrap_or([0; 8]));
-        let rows = (r1 - r0) as usize;
-        let i = (0..rows).find(|&i| value(i) > i64::MAX as u64).unwrap_or(0);
-        Err(Error::format(
-            &self.files[col.file].path,
-            format!(
+        let i = (0..(r1 - r0) as usize).find(|&i| span[i * stride + at] > most).unwrap_or(0);
+        let value = &span[i * stride..][..size];
+        let message = match col.dtype {
+            DType::Bool => format!("column `{}` holds byte {} at row {}; a BOOL is 0 or 1", col.name, value[0], r0 + i as u64),
+            _ => format!(
                 "column `{}` holds {} at row {}, above i64::MAX: expressions (--where, --with) compute integers in i64 and cannot read it",
                 col.name,
-                value(i),
+                u64::from_le_bytes(value.try_into().unwrap_or([0; 8])),
                 r0 + i as u64
             ),
-        ))
+        };
+        Err(Error::format(&self.files[col.file].path, message))
     }
 
     /// Fails if a read faulted because an input file shrank while mapped (the faulting
